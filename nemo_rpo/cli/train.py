@@ -1,0 +1,93 @@
+"""``nemo-rpo-train``: compose the Hydra config, convert it to typed dataclasses, run the algorithm.
+
+    nemo-rpo-train                                   # embedded default: offline rpo_bwd, K=4, tiny GPT, CPU
+    nemo-rpo-train loss=dpo data.train_path=train.jsonl exp_dir=runs/dpo
+    torchrun --nproc_per_node=4 -m nemo_rpo.train parallel.tp=2 parallel.pp=2
+    nemo-rpo-train --multirun loss=rpo_bwd,rpo_sqloo hydra/launcher=submitit_slurm ...   # Hydra sweeps
+
+Errors in the config or the data exit with status 2 and one line ``error: ...``; ``debug=true`` (or
+``NEMO_RPO_DEBUG=1``) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return os.environ.get("NEMO_RPO_DEBUG") == "1" or any(a in ("debug=true", "debug=True") for a in argv)
+
+
+def run(cfg) -> None:
+    """Dispatch a typed config to its algorithm."""
+    from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+
+    filter_noisy_warnings()  # before megatron is imported: its import-time warnings flood CPU runs
+    from nemo_rpo.algorithms.offline import train_offline
+    from nemo_rpo.distributed.launch import teardown_distributed
+
+    try:
+        train_offline(cfg)
+    finally:
+        teardown_distributed()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-m", "--multirun") or a.startswith("--") for a in argv):
+        return _hydra_main()
+    debug = _debug_requested(argv)
+    try:
+        from nemo_rpo.config.store import load_config
+
+        cfg = load_config(argv)
+        run(cfg)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line unless debugging
+        if debug:
+            raise
+        # Config and data errors are the same on every rank: say them once.
+        rank = os.environ.get("RANK", "0")
+        if rank == "0" or not _is_input_error(exc):
+            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    from nemo_rpo.data.errors import DataError
+
+    return isinstance(exc, DataError) or type(exc).__module__.startswith(
+        ("hydra", "omegaconf", "nemo_rpo.config")
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    from nemo_rpo.config.store import describe_error
+    from nemo_rpo.data.errors import DataError
+
+    if isinstance(exc, DataError):
+        return str(exc)
+    module = type(exc).__module__
+    if module.startswith(("hydra", "omegaconf")) or type(exc).__name__ == "ConfigError":
+        return describe_error(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''} (rerun with debug=true for the traceback)"
+
+
+def _hydra_main() -> None:
+    """Hydra's own entry point, for --multirun sweeps, launcher plugins and --cfg/--help."""
+    import hydra
+
+    from nemo_rpo.config.store import conf_dir, register_schema, to_typed
+
+    register_schema()
+
+    @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
+    def _main(dict_cfg) -> None:
+        run(to_typed(dict_cfg))
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Typed configuration: one dataclass per component, every default lives here and nowhere else.
+
+Hydra composes YAML from ``conf/`` on top of these schemas (registered in :mod:`nemo_rpo.config.store`);
+the CLI converts the result with ``OmegaConf.to_object`` so ``__post_init__`` range checks run, and
+only these dataclasses travel below ``cli/``. This module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field."""
+
+
+def _check(cond: bool, field_name: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {problem}")
+
+
+LOSS_NAMES = (
+    "rpo_sq", "rpo_sqloo", "rpo_bwd", "rpo_fwd",
+    "dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto",
+)  # fmt: skip
+
+
+@dataclass
+class LossConfig:
+    """Which objective and its hyper-parameters (paper §3, Table 1).
+
+    ``name`` is a preset: ``rpo_{sq,sqloo,bwd,fwd}`` use the explicit rewards; the others are the
+    Table 1 algorithms expressed as RPO configurations (``kto`` is a separate baseline).
+    NeMo-Aligner's names ``rpo_bwd_kl`` and ``rpo_fwd_kl`` are accepted as aliases.
+    """
+
+    name: str = "rpo_bwd"
+    beta: float = 0.1
+    eta: float = 1.0
+    # cdpo: probability that a preference label is flipped; Table 1's c = 1 - label_smoothing.
+    label_smoothing: float = 0.1
+    # simpo: target reward margin gamma.
+    gamma: float = 0.0
+    # Optional NLL term on the highest-reward response (NeMo-Aligner's sft_loss_weight).
+    sft_loss_weight: float = 0.0
+    # kto: weights of desirable / undesirable examples.
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        from_aliases = {"rpo_bwd_kl": "rpo_bwd", "rpo_fwd_kl": "rpo_fwd"}
+        self.name = from_aliases.get(self.name, self.name)
+        _check(
+            self.name in LOSS_NAMES,
+            "loss.name",
+            f"unknown loss {self.name!r}; choose one of {', '.join(LOSS_NAMES)}",
+        )
+        _check(math.isfinite(self.beta) and self.beta > 0, "loss.beta", f"must be > 0, got {self.beta}")
+        _check(math.isfinite(self.eta) and self.eta > 0, "loss.eta", f"must be > 0, got {self.eta}")
+        _check(
+            0.0 <= self.label_smoothing < 0.5,
+            "loss.label_smoothing",
+            f"must be in [0, 0.5), got {self.label_smoothing}",
+        )
+        _check(math.isfinite(self.gamma), "loss.gamma", f"must be finite, got {self.gamma}")
+        _check(self.sft_loss_weight >= 0, "loss.sft_loss_weight", f"must be >= 0, got {self.sft_loss_weight}")
+        _check(self.kto_desirable_weight > 0, "loss.kto_desirable_weight", "must be > 0")
+        _check(self.kto_undesirable_weight > 0, "loss.kto_undesirable_weight", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """Megatron GPT shape. Defaults are the embedded tiny model; Llama shapes are set in conf/model/."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # GQA; None = multi-head attention
+    ffn_hidden_size: Optional[int] = None  # None = 4 * hidden_size
+    kv_channels: Optional[int] = None  # None = hidden_size / num_attention_heads
+    vocab_size: Optional[int] = None  # None = the tokenizer's vocabulary size
+    make_vocab_size_divisible_by: int = 128
+    max_seq_len: int = 256
+    normalization: str = "RMSNorm"  # RMSNorm | LayerNorm
+    layernorm_epsilon: float = 1e-5
+    activation: str = "swiglu"  # swiglu | gelu
+    position_embedding_type: str = "rope"  # rope | learned_absolute
+    rotary_base: int = 10000
+    rotary_percent: float = 1.0
+    untie_embeddings_and_output_weights: bool = False
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    transformer_impl: str = "auto"  # auto (TE when importable) | local | transformer_engine
+    fp8: Optional[str] = None  # None | e4m3 | hybrid (needs transformer_engine)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
+    recompute_granularity: Optional[str] = None  # None | full | selective
+
+    def __post_init__(self) -> None:
+        _check(self.num_layers >= 1, "model.num_layers", "must be >= 1")
+        _check(self.hidden_size >= 1, "model.hidden_size", "must be >= 1")
+        _check(self.num_attention_heads >= 1, "model.num_attention_heads", "must be >= 1")
+        _check(self.hidden_size % self.num_attention_heads == 0 or self.kv_channels is not None,
+               "model.hidden_size", "must be divisible by num_attention_heads unless kv_channels is set")  # fmt: skip
+        if self.num_query_groups is not None:
+            _check(self.num_attention_heads % self.num_query_groups == 0, "model.num_query_groups",
+                   "must divide num_attention_heads")  # fmt: skip
+        _check(self.max_seq_len >= 8, "model.max_seq_len", "must be >= 8")
+        _check(self.normalization in ("RMSNorm", "LayerNorm"), "model.normalization", "RMSNorm or LayerNorm")
+        _check(self.activation in ("swiglu", "gelu"), "model.activation", "swiglu or gelu")
+        _check(self.position_embedding_type in ("rope", "learned_absolute"), "model.position_embedding_type",
+               "rope or learned_absolute")  # fmt: skip
+        _check(self.precision in ("fp32", "bf16", "fp16"), "model.precision", "fp32, bf16 or fp16")
+        _check(self.transformer_impl in ("auto", "local", "transformer_engine"), "model.transformer_impl",
+               "auto, local or transformer_engine")  # fmt: skip
+        _check(self.fp8 in (None, "e4m3", "hybrid"), "model.fp8", "null, e4m3 or hybrid")
+        _check(
+            self.fp8 is None or self.transformer_impl != "local",
+            "model.fp8",
+            "FP8 needs the transformer_engine spec",
+        )
+        _check(self.recompute_granularity in (None, "full", "selective"), "model.recompute_granularity",
+               "null, full or selective")  # fmt: skip
+        _check(0.0 <= self.hidden_dropout < 1 and 0.0 <= self.attention_dropout < 1, "model.hidden_dropout",
+               "dropouts must be in [0, 1)")  # fmt: skip
+
+
+@dataclass
+class ParallelConfig:
+    """Model parallelism; data parallelism is world_size / (tp * pp)."""
+
+    tp: int = 1
+    pp: int = 1
+    use_distributed_optimizer: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.tp >= 1, "parallel.tp", f"must be >= 1, got {self.tp}")
+        _check(self.pp >= 1, "parallel.pp", f"must be >= 1, got {self.pp}")
+
+
+@dataclass
+class TokenizerConfig:
+    type: str = "byte"  # byte (built-in) | hf (a local Hugging Face tokenizer directory)
+    path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.type in ("byte", "hf"), "data.tokenizer.type", "byte or hf")
+        _check(self.type != "hf" or bool(self.path), "data.tokenizer.path", "required when type=hf")
+
+
+@dataclass
+class DataConfig:
+    """Offline preference data. ``train_path=None`` uses the bundled synthetic dataset."""
+
+    train_path: Optional[str] = None
+    val_path: Optional[str] = None
+    format: str = "auto"  # auto | native | nemo_aligner | trl
+    max_prompt_len: int = 96  # tokens; longer prompts are truncated from the left
+    truncation: str = "truncate"  # truncate | drop | error : what to do with sequences over model.max_seq_len
+    shuffle: bool = True
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.format in ("auto", "native", "nemo_aligner", "trl"), "data.format",
+               "auto, native, nemo_aligner or trl")  # fmt: skip
+        _check(self.truncation in ("truncate", "drop", "error"), "data.truncation", "truncate, drop or error")
+        _check(self.max_prompt_len >= 1, "data.max_prompt_len", "must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """Adam through megatron's get_megatron_optimizer, with warmup + decay."""
+
+    lr: float = 3e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 5
+    decay_style: str = "cosine"  # constant | linear | cosine
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr <= self.lr, "optim.min_lr", "must be in [0, lr]")
+        _check(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping)")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _check(
+            self.decay_style in ("constant", "linear", "cosine"),
+            "optim.decay_style",
+            "constant, linear or cosine",
+        )
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 120
+    global_batch_size: int = 32  # prompts per optimizer step, over all data-parallel ranks
+    micro_batch_size: int = 8  # prompts per forward pass (each brings its K responses)
+    log_interval: int = 1
+    seed: int = 1234
+    num_threads: Optional[int] = None  # CPU intra-op threads; None = torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "trainer.max_steps", "must be >= 1")
+        _check(self.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1")
+        _check(self.global_batch_size >= self.micro_batch_size, "trainer.global_batch_size",
+               "must be >= micro_batch_size")  # fmt: skip
+        _check(self.log_interval >= 1, "trainer.log_interval", "must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 0  # steps; 0 saves only at the end
+    keep_last: int = 2
+    resume: bool = True  # resume from the latest checkpoint in exp_dir when one exists
+
+    def __post_init__(self) -> None:
+        _check(self.save_interval >= 0, "checkpoint.save_interval", "must be >= 0")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class RPOConfig:
+    """Top-level config of ``nemo-rpo-train``."""
+
+    mode: str = "offline"
+    k: int = 4  # responses per prompt
+    exp_dir: str = "runs/default"
+    debug: bool = False  # show full tracebacks on errors
+    loss: LossConfig = field(default_factory=LossConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("offline",), "mode", f"unsupported mode {self.mode!r} (offline)")
+        _check(self.k >= 2, "k", f"must be >= 2, got {self.k}")
+        _check(not (self.loss.name == "rpo_sq" and self.k != 2), "k",
+               "loss rpo_sq is the K=2 margin form; use loss=rpo_sqloo for K > 2")  # fmt: skip
+        pairwise = ("dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto")
+        _check(
+            not (self.loss.name in pairwise and self.k != 2),
+            "k",
+            f"loss {self.loss.name} is pairwise: set k=2",
+        )
+        heads = self.model.num_attention_heads
+        groups = self.model.num_query_groups or heads
+        _check(heads % self.parallel.tp == 0 and groups % self.parallel.tp == 0, "parallel.tp",
+               f"tp={self.parallel.tp} must divide the attention heads ({heads}) and query groups ({groups})")  # fmt: skip
+        _check(self.model.num_layers % self.parallel.pp == 0, "parallel.pp",
+               f"pp={self.parallel.pp} must divide model.num_layers ({self.model.num_layers})")  # fmt: skip
+        _check(self.trainer.global_batch_size % self.trainer.micro_batch_size == 0, "trainer.global_batch_size",
+               "must be a multiple of micro_batch_size (times the data-parallel size)")  # fmt: skip

@@ -1,0 +1,70 @@
+"""Registers the typed schema with Hydra's ConfigStore and composes/converts configs.
+
+Kept apart from :mod:`nemo_rpo.config.schema` so that the schema module imports no Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nemo_rpo.config.schema import ConfigError, RPOConfig
+
+SCHEMA_NAME = "rpo_schema"
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` directory: ``$NEMO_RPO_CONF_DIR``, else the one beside the package in a checkout."""
+    override = os.environ.get("NEMO_RPO_CONF_DIR")
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "conf"
+    if not (path / "train.yaml").is_file():
+        raise ConfigError(f"conf: no train.yaml in {path} (set NEMO_RPO_CONF_DIR to the repository's conf/)")
+    return path
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RPOConfig)
+
+
+def to_typed(cfg) -> RPOConfig:
+    """DictConfig → RPOConfig, running every ``__post_init__`` check."""
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, RPOConfig):
+        raise ConfigError(f"config: expected an RPOConfig, got {type(obj).__name__}")
+    return obj
+
+
+def compose_config(overrides: list[str], config_name: str = "train"):
+    """Compose ``conf/<config_name>.yaml`` with command-line ``overrides`` → DictConfig (no output dirs)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_config(overrides: list[str], config_name: str = "train") -> RPOConfig:
+    return to_typed(compose_config(overrides, config_name))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf/config error: what and where, without a traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, ConfigError):
+        return f"config: {exc}"
+    if isinstance(exc, OmegaConfBaseException):
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        key = getattr(exc, "full_key", None)
+        return f"config: {key + ': ' if key else ''}{msg}"
+    # Hydra's errors carry several lines; the first says what, the cause (if any) says why.
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    cause = exc.__cause__
+    why = next((line.strip() for line in str(cause).splitlines() if line.strip()), "") if cause else ""
+    return f"config: {first.rstrip('.')}" + (f": {why}" if why and why not in first else "")

@@ -1,0 +1,123 @@
+"""Tokenizers behind one small protocol: the built-in byte tokenizer and a local Hugging Face one.
+
+``encode`` never adds special tokens; the dataset adds ``bos`` (when the tokenizer has one) before
+the prompt and ``eos`` after each response, so both implementations produce the same layout.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from nemo_rpo.config.schema import TokenizerConfig
+from nemo_rpo.data.errors import DataError
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the data layer and generation need from a tokenizer."""
+
+    vocab_size: int
+    eos_id: int
+    pad_id: int
+    bos_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without special tokens."""
+        ...
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``; special tokens are skipped."""
+        ...
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        """Prompt text for chat ``messages`` ending where the assistant's reply starts.
+
+        Returns None when the tokenizer has no chat template.
+        """
+        ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255, then ``pad`` = 256, ``bos`` = 257, ``eos`` = 258.
+
+    Its fixed chat rendering writes each message as ``<|role|>\\n{content}\\n`` and ends with
+    ``<|assistant|>\\n``; the markers are plain bytes, not special tokens.
+    """
+
+    pad_id = 256
+    bos_id = 257
+    eos_id = 258
+    vocab_size = 259
+
+    def encode(self, text: str) -> list[int]:
+        """UTF-8 bytes of ``text``."""
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of the byte ids in ``ids`` (special ids skipped, broken UTF-8 replaced)."""
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        """``<|role|>\\n{content}\\n`` per message, then ``<|assistant|>\\n``."""
+        turns = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+        return turns + "<|assistant|>\n"
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer loaded from a local directory (needs the ``hf`` extra).
+
+    ``bos_id`` is the tokenizer's BOS only when the tokenizer itself prepends it (Llama yes, GPT-2
+    and Qwen no), so sequences look as they did in pretraining. ``pad_id`` falls back to ``eos_id``.
+    """
+
+    def __init__(self, path: str) -> None:
+        """Load the tokenizer in ``path``.
+
+        Raises:
+            DataError: transformers is not installed, ``path`` is not a directory, or loading fails.
+        """
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as err:
+            raise DataError(path, None, "data.tokenizer.type",
+                            "type=hf needs transformers: pip install 'nemo-rpo[hf]'") from err  # fmt: skip
+        if not os.path.isdir(path):
+            raise DataError(path, None, "data.tokenizer.path", "not a directory")
+        try:
+            self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as err:  # transformers raises many types; all mean "cannot load this directory"
+            raise DataError(path, None, "data.tokenizer.path", f"cannot load a tokenizer: {err}") from err
+        if self._tok.eos_token_id is None:
+            raise DataError(path, None, "data.tokenizer.path", "the tokenizer defines no eos token")
+        self.eos_id: int = self._tok.eos_token_id
+        self.pad_id: int = self._tok.pad_token_id if self._tok.pad_token_id is not None else self.eos_id
+        bos = self._tok.bos_token_id
+        adds_bos = bos is not None and self._tok.encode("a", add_special_tokens=True)[:1] == [bos]
+        self.bos_id: int | None = bos if adds_bos else None
+        self.vocab_size: int = len(self._tok)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens added (tokens spelled in the text are kept)."""
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` with special tokens skipped."""
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        """The tokenizer's chat template with ``add_generation_prompt=True``, or None if it has none."""
+        if not getattr(self._tok, "chat_template", None):
+            return None
+        text: Any = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(text)
+
+
+def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
+    """The tokenizer selected by ``data.tokenizer``."""
+    if cfg.type == "byte":
+        return ByteTokenizer()
+    if cfg.type == "hf":
+        assert cfg.path is not None  # TokenizerConfig.__post_init__ requires it for type=hf
+        return HFTokenizer(cfg.path)
+    raise ValueError(f"unknown tokenizer type {cfg.type!r}")

@@ -1,0 +1,37 @@
+"""Build the trainable policy (model + DDP + optimizer + scheduler) and record the resolved config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from nemo_rpo.config.schema import RPOConfig
+from nemo_rpo.distributed.launch import ParallelInfo
+from nemo_rpo.models.gpt import build_gpt_model
+from nemo_rpo.training.optimizer import build_optimizer, wrap_ddp
+
+
+def build_policy(cfg: RPOConfig, vocab_size: int):
+    """Megatron GPT for this rank's pipeline stage, wrapped in megatron DDP, with Adam + LR schedule.
+
+    Returns ``(model_chunks, optimizer, scheduler)``; ``model_chunks`` is the list megatron's
+    schedules and checkpointing expect.
+    """
+    model = build_gpt_model(cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size)
+    # Losses return (sum, num_prompts, report): megatron then divides gradients by the global prompt
+    # count instead of averaging per micro-batch and per data-parallel rank.
+    model.config.calculate_per_token_loss = True
+    chunks = [wrap_ddp(model, cfg.parallel)]
+    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    return chunks, optimizer, scheduler
+
+
+def save_resolved_config(cfg: RPOConfig, info: ParallelInfo) -> None:
+    """Rank 0 writes ``<exp_dir>/config.yaml``: the fully resolved config of this run."""
+    if info.rank != 0:
+        return
+    from omegaconf import OmegaConf
+
+    path = Path(cfg.exp_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))))

@@ -1,0 +1,116 @@
+"""Megatron ``loss_func`` for preference batches: per-token log-probs → sequence log-probs → named loss.
+
+Megatron's schedules call ``loss_func(output_tensor)`` on the last pipeline stage. With
+``calculate_per_token_loss=True`` we return ``(loss_sum, num_prompts, report)``: megatron adds the
+prompt counts over micro-batches and data-parallel ranks and scales the gradients by their inverse,
+so the update is the exact mean over the global batch however it is split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from nemo_rpo.config.schema import LossConfig
+from nemo_rpo.data.batch import PreferenceBatch
+from nemo_rpo.losses import PRESETS, preference_loss, rpo_stats, sft_nll
+
+# Scalars summed over micro-batches and data-parallel ranks, in this order; divided once when logged.
+REPORT_KEYS = (
+    "loss_sum", "num_prompts", "acc_sum", "acc_count",
+    "m_sx", "m_sy", "m_sxx", "m_syy", "m_sxy", "m_n",
+    "implicit_best_sum", "implicit_worst_sum", "margin_sum", "num_tokens", "num_response_tokens",
+)  # fmt: skip
+
+
+def num_real_tokens(loss_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens before padding: a row whose last response label sits at ``j`` holds ``j + 2`` tokens."""
+    width = loss_mask.shape[-1]
+    last = (torch.arange(1, width + 1, device=loss_mask.device) * (loss_mask > 0)).max(dim=-1).values
+    return (last + 1).clamp(max=width).sum().float()
+
+
+def _seq_logps(token_logps: torch.Tensor, mask: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, mean) response log-prob per sequence, each reshaped to ``[rows, R]``."""
+    mask = mask.to(token_logps.dtype)
+    total = (token_logps * mask).sum(dim=-1)
+    mean = total / mask.sum(dim=-1).clamp(min=1.0)
+    return total.view(rows, -1), mean.view(rows, -1)
+
+
+def preference_losses(
+    *, token_logps: torch.Tensor, batch: PreferenceBatch, ref_logps: torch.Tensor | None, loss: LossConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-prompt losses ``[B]`` and the summed report for one micro-batch.
+
+    Args:
+        token_logps: ``[B*R, T]`` log p(label) per position (fp32).
+        batch: the micro-batch; ``R = K`` responses per prompt (+1 mismatched pair for KTO).
+        ref_logps: ``[B, R]`` cached reference sequence log-probs, or None when the loss needs none.
+        loss: which loss and its hyper-parameters.
+    """
+    info = PRESETS[loss.name]
+    k = batch.num_responses
+    num_prompts = batch.index.numel()
+    seq_sum, seq_mean = _seq_logps(token_logps, batch.loss_mask, num_prompts)
+    seq = seq_mean if info.length_normalized else seq_sum
+    policy = seq[:, :k]
+    ref = ref_logps[:, :k] if ref_logps is not None else torch.zeros_like(policy)
+    kl_policy = seq[:, k] if info.needs_kl_pairs else None
+    kl_ref = ref_logps[:, k] if info.needs_kl_pairs and ref_logps is not None else None
+    losses = preference_loss(
+        loss.name,
+        policy_logps=policy,
+        ref_logps=ref if info.uses_reference else None,
+        rewards=batch.rewards,
+        beta=loss.beta,
+        eta=loss.eta,
+        label_smoothing=loss.label_smoothing,
+        gamma=loss.gamma,
+        kl_policy_logps=kl_policy,
+        kl_ref_logps=kl_ref,
+        desirable_weight=loss.kto_desirable_weight,
+        undesirable_weight=loss.kto_undesirable_weight,
+    )
+    if loss.sft_loss_weight > 0:
+        losses = losses + loss.sft_loss_weight * sft_nll(policy_logps=seq_mean[:, :k], rewards=batch.rewards)
+
+    # Without explicit rewards the data order is the preference (response 0 is chosen).
+    rank_rewards = (
+        batch.rewards
+        if batch.rewards is not None
+        else -torch.arange(k, dtype=torch.float32).expand(num_prompts, k)
+    )
+    stats = rpo_stats(policy_logps=policy, ref_logps=ref, rewards=rank_rewards, beta=loss.beta, eta=loss.eta)
+    implicit = stats["implicit_rewards"]
+    best = rank_rewards.argmax(dim=-1, keepdim=True)
+    worst = rank_rewards.argmin(dim=-1, keepdim=True)
+    implicit_best = implicit.gather(-1, best).squeeze(-1)
+    implicit_worst = implicit.gather(-1, worst).squeeze(-1)
+    moments = stats["moments"] if batch.rewards is not None else torch.zeros(6, device=policy.device)
+    values = [
+        losses.detach().sum(), torch.tensor(float(num_prompts)), stats["acc_sum"].sum(), stats["acc_count"].sum(),
+        *moments, implicit_best.sum(), implicit_worst.sum(), (implicit_best - implicit_worst).sum(),
+        num_real_tokens(batch.loss_mask),
+        batch.loss_mask.sum().float(),
+    ]  # fmt: skip
+    report = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=policy.device).reshape(()) for v in values]
+    )
+    return losses, {"report": report, "seq_logps": seq_sum.detach()}
+
+
+def make_loss_func(
+    batch: PreferenceBatch, ref_logps: torch.Tensor | None, loss: LossConfig
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Build megatron's ``loss_func`` for ``batch``: takes GPTModel's per-token NLL ``[B*R, T]``."""
+
+    def loss_func(output_tensor: torch.Tensor):
+        losses, report = preference_losses(
+            token_logps=-output_tensor.float(), batch=batch, ref_logps=ref_logps, loss=loss
+        )
+        num_prompts = torch.tensor(losses.numel(), dtype=torch.int, device=losses.device)
+        return losses.sum(), num_prompts, report
+
+    return loss_func

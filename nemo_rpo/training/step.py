@@ -1,0 +1,133 @@
+"""One optimizer step and the reference pass, through megatron's forward/backward schedules.
+
+The schedules handle pipeline parallelism (1F1B when pp > 1) and gradient accumulation over
+micro-batches; all K responses of a prompt stay in the same micro-batch so the loss sees them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from nemo_rpo.config.schema import LossConfig
+from nemo_rpo.data.batch import PreferenceBatch
+from nemo_rpo.training.loss_adapter import REPORT_KEYS, make_loss_func
+
+
+@dataclass
+class StepResult:
+    report: dict[str, float]  # REPORT_KEYS summed over the global batch (valid on every rank)
+    grad_norm: float
+    lr: float
+    skipped: bool
+
+
+def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], loss: LossConfig):
+    def forward_step(data_iterator: Iterator[PreferenceBatch], model: torch.nn.Module):
+        batch = next(data_iterator)
+        # With labels, GPTModel returns the per-token NLL [b, s] from vocab-parallel logits:
+        # no full-vocabulary gather on any rank.
+        output = model(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+        return output, make_loss_func(batch, ref_lookup(batch), loss)
+
+    return forward_step
+
+
+def _run_schedule(model, microbatches: Sequence[PreferenceBatch], forward_step, forward_only: bool) -> list:
+    first = microbatches[0]
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(microbatches),
+        model=model if isinstance(model, list) else [model],
+        num_microbatches=len(microbatches),
+        seq_length=first.input_ids.shape[1],
+        micro_batch_size=first.input_ids.shape[0],
+        forward_only=forward_only,
+    )
+
+
+def reduce_report(outputs: list) -> dict[str, float]:
+    """Sum the per-micro-batch reports, then over data-parallel ranks; share from the last stage."""
+    total = torch.zeros(len(REPORT_KEYS), dtype=torch.float64)
+    for out in outputs:
+        total += out["report"].to(torch.float64).cpu()
+    if torch.distributed.is_initialized():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        total = total.to(device)
+        torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        # Only the last pipeline stage computed the loss; give every stage the same numbers.
+        torch.distributed.broadcast(
+            total, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )  # fmt: skip
+        total = total.cpu()
+    return dict(zip(REPORT_KEYS, total.tolist()))
+
+
+def train_step(
+    model: list,
+    optimizer,
+    scheduler,
+    microbatches: Sequence[PreferenceBatch],
+    ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None],
+    loss: LossConfig,
+) -> StepResult:
+    """Forward/backward over this rank's micro-batches, then one optimizer step (Alg. 1, lines 3–5)."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    outputs = _run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=False)
+    ok, grad_norm, _ = optimizer.step()
+    if ok:
+        scheduler.step(increment=1)
+    lr = optimizer.param_groups[0]["lr"]
+    return StepResult(
+        report=reduce_report(outputs),
+        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+        lr=float(lr),
+        skipped=not ok,
+    )
+
+
+@torch.no_grad()
+def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_examples: int) -> torch.Tensor:
+    """Summed response log-probs ``[num_examples, R]`` of every sequence in ``microbatches``.
+
+    Each data-parallel rank passes its own shard; rows are filled by dataset index, summed over
+    data-parallel ranks and shared from the last pipeline stage, so every rank returns the full table.
+    """
+    for chunk in model:
+        chunk.eval()
+    r = microbatches[0].num_sequences_per_prompt
+
+    def forward_step(data_iterator, chunk):
+        batch = next(data_iterator)
+        output = chunk(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+
+        def loss_func(output_tensor):
+            token_logps = -output_tensor.float()
+            seq = (token_logps * batch.loss_mask).sum(dim=-1).view(batch.num_prompts, r)
+            return seq.sum() * 0, torch.tensor(1, dtype=torch.int), {"seq_logps": seq, "index": batch.index}
+
+        return output, loss_func
+
+    outputs = _run_schedule(model, microbatches, forward_step, forward_only=True)
+    for chunk in model:
+        chunk.train()
+    table = torch.zeros(num_examples, r, dtype=torch.float64)
+    for out in outputs:
+        table[out["index"].cpu()] = out["seq_logps"].to(torch.float64).cpu()
+    if torch.distributed.is_initialized():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        table = table.to(device)
+        torch.distributed.all_reduce(table, group=parallel_state.get_data_parallel_group())
+        torch.distributed.broadcast(
+            table, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )  # fmt: skip
+        table = table.cpu()
+    return table.to(torch.float32)

@@ -1,0 +1,91 @@
+"""Every shipped YAML composes and converts to the typed config; bad values fail with one line."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
+from nemo_rpo.config.store import conf_dir, load_config
+
+CONF = pathlib.Path(conf_dir())
+GROUPS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("loss", "model", "experiment")
+}
+
+
+@pytest.mark.parametrize("name", GROUPS["loss"])
+def test_every_loss_preset_composes(name):
+    cfg = load_config([f"loss={name}"])
+    assert isinstance(cfg, RPOConfig)
+    assert cfg.loss.name == name  # the group entry selects that loss, nothing else
+    assert cfg.k == (2 if name in ("dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto", "rpo_sq") else 4)
+
+
+@pytest.mark.parametrize("name", GROUPS["model"])
+def test_every_model_composes(name):
+    assert isinstance(load_config([f"model={name}"]).model.num_layers, int)
+
+
+@pytest.mark.parametrize("name", GROUPS["experiment"])
+def test_every_experiment_composes(name):
+    assert isinstance(load_config([f"experiment={name}"]), RPOConfig)
+
+
+def test_issue_command_line_composes():
+    cfg = load_config("loss=rpo_bwd loss.beta=0.01 loss.eta=10 k=4 parallel.tp=2 parallel.pp=2 "
+                      "trainer.max_steps=100 exp_dir=runs/x data.train_path=train.jsonl".split())  # fmt: skip
+    assert (cfg.loss.beta, cfg.loss.eta, cfg.k, cfg.parallel.tp, cfg.parallel.pp) == (0.01, 10.0, 4, 2, 2)
+    assert (cfg.trainer.max_steps, cfg.exp_dir, cfg.data.train_path) == (100, "runs/x", "train.jsonl")
+
+
+def test_nemo_aligner_alias():
+    assert LossConfig(name="rpo_bwd_kl").name == "rpo_bwd"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.beta=-1", "loss.beta: must be > 0"),
+        ("k=1", "k: must be >= 2"),
+        ("parallel.tp=3", "parallel.tp: tp=3 must divide the attention heads"),
+        ("loss.nonsense=1", "Could not override 'loss.nonsense'"),
+        ("loss=rpo_sq k=4", "use loss=rpo_sqloo"),
+        ("loss.name=sigmoid", "unknown loss 'sigmoid'"),
+        ("trainer.max_steps=abc", "trainer.max_steps"),
+    ],
+)
+def test_bad_values_raise_clear_errors(override, message):
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(override.split())
+
+
+@pytest.mark.parametrize("override", ["loss.nonsense=1", "loss.beta=-0.5", "k=1", "parallel.tp=3"])
+def test_cli_bad_override_is_one_line_without_traceback(override):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nemo_rpo.train", override], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: config: ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_unknown_key_names_the_key():
+    proc = subprocess.run(
+        [sys.executable, "-m", "nemo_rpo.train", "loss.nonsense=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        proc.stderr.strip()
+        == "error: config: Could not override 'loss.nonsense': Key 'nonsense' not in 'LossConfig'"
+    )
+
+
+def test_schema_checks_are_config_errors():
+    with pytest.raises(ConfigError):
+        RPOConfig(k=0)
