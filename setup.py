@@ -24,7 +24,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "tensorboard"],
+        "test": ["pytest>=8", "ruff>=0.6", "tensorboard", "matplotlib"],
         "gpu": ["transformer-engine[pytorch]"],
         "hf": ["transformers>=4.45", "safetensors", "jinja2"],
         "logging": ["tensorboard", "wandb"],
@@ -35,6 +35,7 @@ setup(
         "console_scripts": [
             "nemo-rpo-train=nemo_rpo.cli.train:main",
             "nemo-rpo-loss-demo=nemo_rpo.cli.loss_demo:main",
+            "nemo-rpo-plot=nemo_rpo.cli.plot:main",
         ],
     },
 )

@@ -17,7 +17,9 @@ def build_policy(cfg: RPOConfig, vocab_size: int):
     Returns ``(model_chunks, optimizer, scheduler)``; ``model_chunks`` is the list megatron's
     schedules and checkpointing expect.
     """
-    model = build_gpt_model(cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size)
+    model = build_gpt_model(
+        cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size, init_seed=cfg.trainer.seed
+    )
     # Losses return (sum, num_prompts, report): megatron then divides gradients by the global prompt
     # count instead of averaging per micro-batch and per data-parallel rank.
     model.config.calculate_per_token_loss = True

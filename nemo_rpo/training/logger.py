@@ -80,8 +80,17 @@ class MetricsLogger:
                     self._tb.add_scalar(f"train/{key}", value, metrics["step"])
 
     def close(self) -> None:
+        """Flush TensorBoard and draw ``<exp_dir>/curves.png`` when matplotlib is installed."""
         if self._tb is not None:
             self._tb.close()
+        if not self.enabled or not self.path.exists():
+            return
+        try:
+            from nemo_rpo.training.plots import plot_runs
+
+            plot_runs([str(self.path.parent)], self.path.parent / "curves.png")
+        except ImportError:
+            pass
 
 
 def console_line(metrics: dict, max_steps: int) -> str:

@@ -43,6 +43,7 @@ def test_embedded_default_learns(tmp_path):
     assert mean(last, "accuracy") > mean(first, "accuracy") + 0.05
     assert (exp / "config.yaml").is_file() and "rpo_bwd" in (exp / "config.yaml").read_text()
     assert (exp / "checkpoints" / "latest").is_file()
+    assert (exp / "curves.png").stat().st_size > 10_000
     assert "step    40/40" in proc.stdout
 
 

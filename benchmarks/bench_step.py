@@ -1,0 +1,535 @@
+"""Step-time benchmark: one offline RPO (rpo_bwd, cached reference) step vs one SFT step, anchor shape.
+
+Builds the performance-anchor model of ``shared/notes/performance-anchors.md`` through the project's
+own path (``RPOConfig`` -> ``init_distributed`` -> ``build_policy``; steps through ``train_step`` and
+megatron's forward/backward schedule), feeds it 8 preference pairs (K=2) per step, every sequence 256
+tokens (64 prompt + 192 response) of random token ids, and reports:
+
+* steady-state s/step (warmup steps excluded; median over the timed steps), tokens/s (16 x 256 per step);
+* MFU against this machine's fp32 GEMM peak, measured here with large ``torch.matmul`` at the same
+  thread count, using Megatron-LM's FLOPs convention (formula printed with the results);
+* the RPO/SFT step-time ratio, where SFT is the same model, optimizer and schedule with a loss_func
+  that returns the NLL summed over response tokens. RPO and SFT repetitions are interleaved in rounds
+  (alternating which goes first) so machine noise hits both alike;
+* ratios against the published anchors (taken from the notes, not re-measured here).
+
+Run (CPU, one process, a few minutes)::
+
+    python benchmarks/bench_step.py                                   # mbs 8, 3 rounds x 5 steps
+    python benchmarks/bench_step.py --micro-batch-size 8 4 2 --json out.json
+    python benchmarks/bench_step.py --profile 3                       # + torch.profiler table
+
+For the allocator comparison, launch the same command under jemalloc::
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
+        MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python benchmarks/bench_step.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nemo_rpo.config.schema import LossConfig, ModelConfig, RPOConfig, TrainerConfig  # noqa: E402
+from nemo_rpo.data.batch import PreferenceBatch, collate  # noqa: E402
+from nemo_rpo.data.preference import PreferenceExample  # noqa: E402
+from nemo_rpo.distributed.launch import init_distributed, set_num_threads  # noqa: E402
+
+# Published in shared/notes/performance-anchors.md (tokens/s, s/step); NOT re-measured by this script.
+ANCHORS = {
+    "TRL DPOTrainer, precomputed ref (notes)": 1618.0,
+    "plain PyTorch DPO, precomputed ref (notes)": 3120.0,
+    "plain PyTorch SFT (notes)": 2866.0,
+}
+TRL_PRECOMPUTED = 1618.0
+PAD_ID = 0
+PROMPT_LEN, RESPONSE_LEN = 64, 192
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------------------------------
+
+
+def anchor_config(args: argparse.Namespace, micro_batch_size: int) -> RPOConfig:
+    """The anchor shape (7.4M params: untied LM head) with offline rpo_bwd, K=2, 8 prompts per step."""
+    model = ModelConfig(
+        num_layers=4,
+        hidden_size=256,
+        num_attention_heads=8,
+        ffn_hidden_size=704,
+        vocab_size=8192,
+        max_seq_len=PROMPT_LEN + RESPONSE_LEN,
+        normalization="RMSNorm",
+        activation="swiglu",
+        position_embedding_type="rope",
+        untie_embeddings_and_output_weights=not args.tied,
+        precision="fp32",
+        transformer_impl="local",
+    )
+    trainer = TrainerConfig(
+        max_steps=10_000,  # only shapes the LR schedule; irrelevant to timing
+        global_batch_size=args.prompts,
+        micro_batch_size=micro_batch_size,
+        num_threads=args.threads,
+    )
+    return RPOConfig(
+        k=2, exp_dir="/tmp/bench_step", loss=LossConfig(name="rpo_bwd"), model=model, trainer=trainer
+    )
+
+
+def make_examples(num_prompts: int, k: int, vocab_size: int, seed: int) -> list[PreferenceExample]:
+    """Random token ids; every sequence is exactly PROMPT_LEN + RESPONSE_LEN tokens."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab_size, (n,), generator=gen).tolist()
+
+    return [
+        PreferenceExample(
+            index=i,
+            prompt_ids=ids(PROMPT_LEN),
+            response_ids=[ids(RESPONSE_LEN) for _ in range(k)],
+            rewards=torch.rand(k, generator=gen).sort(descending=True).values.tolist(),
+        )
+        for i in range(num_prompts)
+    ]
+
+
+def make_microbatches(examples: list[PreferenceExample], micro_batch_size: int) -> list[PreferenceBatch]:
+    width = PROMPT_LEN + RESPONSE_LEN
+    return [
+        collate(examples[i : i + micro_batch_size], PAD_ID, pad_to=width)
+        for i in range(0, len(examples), micro_batch_size)
+    ]
+
+
+def count_params(model_chunks: list) -> tuple[int, int]:
+    """(all parameters, matmul parameters incl. the LM head: 2-D weights minus the input embedding).
+
+    With tied embeddings the LM head has no parameter of its own but still runs a ``V x h`` matmul.
+    """
+    total = matmul = embedding = 0
+    has_output_layer = False
+    for chunk in model_chunks:
+        for name, p in chunk.named_parameters():
+            total += p.numel()
+            if "word_embeddings" in name:
+                embedding += p.numel()
+            elif p.dim() == 2 and "position_embeddings" not in name:
+                matmul += p.numel()
+                has_output_layer |= "output_layer" in name
+    return total, matmul + (0 if has_output_layer else embedding)
+
+
+def flops_per_token(n_matmul: int, num_layers: int, hidden: int, seq: int) -> int:
+    """Megatron-LM convention: 6 N_matmul (fwd+bwd of every matmul, LM head included) + 12 L h s (attention)."""
+    return 6 * n_matmul + 12 * num_layers * hidden * seq
+
+
+# --------------------------------------------------------------------------------------------------
+# GEMM peak
+# --------------------------------------------------------------------------------------------------
+
+
+def gemm_peak(sizes=(1024, 2048, 4096), reps: int = 5) -> dict:
+    """Best fp32 ``torch.matmul`` throughput (GFLOP/s) over square sizes at the current thread count."""
+    best = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.matmul(a, b, out=out)  # warm
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t0)
+        best[n] = 2 * n**3 / min(times) / 1e9
+    return {"per_size_gflops": best, "peak_gflops": max(best.values())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------------
+
+
+def sft_step(model: list, optimizer, scheduler, microbatches: list[PreferenceBatch]) -> None:
+    """Same megatron model/optimizer/schedule as ``train_step``; loss = response-token NLL sum / #tokens."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def forward_step(data_iterator, chunk):
+        batch = next(data_iterator)
+        output = chunk(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+
+        def loss_func(output_tensor: torch.Tensor):
+            nll_sum = (output_tensor.float() * batch.loss_mask).sum()
+            num_tokens = batch.loss_mask.sum().to(torch.int)
+            return nll_sum, num_tokens, {"nll_sum": nll_sum.detach()}
+
+        return output, loss_func
+
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(microbatches),
+        model=model,
+        num_microbatches=len(microbatches),
+        seq_length=microbatches[0].input_ids.shape[1],
+        micro_batch_size=microbatches[0].input_ids.shape[0],
+        forward_only=False,
+    )
+    ok, _, _ = optimizer.step()
+    if ok:
+        scheduler.step(increment=1)
+
+
+def time_steps(fn, warmup: int, steps: int) -> list[dict[str, float]]:
+    """Per timed step: wall s, process CPU s (all threads), minor page faults, involuntary context switches."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(steps):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        fn()
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        samples.append({
+            "wall": t1 - t0,
+            "cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+            "minflt": r1.ru_minflt - r0.ru_minflt,
+            "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
+        })  # fmt: skip
+    return samples
+
+
+class PhaseTimer:
+    """Wall time per step phase, by wrapping megatron's schedule helpers and the optimizer (restored on exit).
+
+    Phases: ``zero grads`` (DDP buffer + optimizer), ``model fwd`` (GPTModel minus its cross-entropy),
+    ``cross-entropy fwd`` (vocab-parallel CE inside GPTModel), ``loss_func`` (our loss on the per-token
+    NLL, incl. megatron's division by the token/prompt count), ``backward`` (autograd + DDP grad hooks),
+    ``finalize grads`` (DP all-reduce), ``optimizer.step`` (grad norm, clip, Adam, copy), ``other``.
+    """
+
+    def __init__(self, model: list, optimizer) -> None:
+        from megatron.core.pipeline_parallel import schedules
+        from megatron.core.utils import get_model_config
+
+        self.totals: dict[str, float] = {}
+        self._undo: list = []
+        self._depth_ce = 0
+        gpt = model[0].module
+        config = get_model_config(model[0])
+        self._wrap(schedules, "forward_step_calc_loss", "loss_func")
+        self._wrap(schedules, "backward_step", "backward")
+        self._wrap(config, "finalize_model_grads_func", "finalize grads")
+        self._wrap(optimizer, "step", "optimizer.step")
+        self._wrap(optimizer, "zero_grad", "zero grads")
+        self._wrap(model[0], "zero_grad_buffer", "zero grads")
+        self._wrap(gpt, "forward", "model fwd")
+        self._wrap(gpt, "compute_language_model_loss", "cross-entropy fwd")
+
+    def _wrap(self, owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        had_own = name in getattr(owner, "__dict__", {})
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, original if had_own else None))
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    def run(self, fn, steps: int) -> dict[str, float]:
+        """Mean seconds per step per phase over ``steps`` calls of ``fn`` (one warm call first)."""
+        fn()
+        self.totals.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        total = time.perf_counter() - t0
+        phases = dict(self.totals)
+        # model fwd includes the CE call made inside GPTModel.forward.
+        phases["model fwd"] = phases.get("model fwd", 0.0) - phases.get("cross-entropy fwd", 0.0)
+        phases["other"] = total - sum(phases.values())
+        phases["total"] = total
+        return {k: v / steps for k, v in phases.items()}
+
+
+def profile(fn, steps: int, row_limit: int = 25) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        for _ in range(steps):
+            fn()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per kind per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per kind per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved RPO/SFT rounds")
+    parser.add_argument(
+        "--micro-batch-size",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="prompts per micro-batch (each brings K=2 sequences); several values are compared",
+    )
+    parser.add_argument("--prompts", type=int, default=8, help="preference pairs per step (global batch)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tied", action="store_true", help="tie embedding and LM head (anchors are untied)")
+    parser.add_argument("--no-sft", action="store_true", help="skip the SFT comparison")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile N RPO and N SFT steps with torch.profiler",
+    )
+    parser.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, per-phase wall time of N steps per kind per round (first mbs)",
+    )
+    parser.add_argument("--json", type=str, default=None, metavar="OUT")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+
+    cfg = anchor_config(args, args.micro_batch_size[0])
+    threads = set_num_threads(cfg.trainer.num_threads)
+    init_distributed(cfg.parallel, cfg.trainer.seed)
+
+    from nemo_rpo.training.builder import build_policy
+    from nemo_rpo.training.step import sequence_logps, train_step
+
+    model, optimizer, scheduler = build_policy(cfg, cfg.model.vocab_size)
+    n_params, n_matmul = count_params(model)
+    seq = PROMPT_LEN + RESPONSE_LEN
+    tokens_per_step = args.prompts * cfg.k * seq
+    fpt = flops_per_token(n_matmul, cfg.model.num_layers, cfg.model.hidden_size, seq)
+    flops_per_step = fpt * tokens_per_step
+
+    peak_before = gemm_peak()
+
+    examples = make_examples(args.prompts, cfg.k, cfg.model.vocab_size, args.seed)
+    t0 = time.perf_counter()
+    ref_batches = make_microbatches(examples, args.micro_batch_size[0])
+    collate_s = time.perf_counter() - t0
+    # As the offline algorithm does: reference = initial policy, log-probs computed once up front.
+    t0 = time.perf_counter()
+    ref_logps = sequence_logps(model, ref_batches, len(examples))
+    ref_s = time.perf_counter() - t0
+
+    def lookup(batch: PreferenceBatch) -> torch.Tensor:
+        return ref_logps[batch.index]
+
+    results = {}
+    for mbs in args.micro_batch_size:
+        microbatches = make_microbatches(examples, mbs)
+
+        def rpo(mb=microbatches):
+            train_step(model, optimizer, scheduler, mb, lookup, cfg.loss)
+
+        def sft(mb=microbatches):
+            sft_step(model, optimizer, scheduler, mb)
+
+        kinds = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
+        per_round: dict[str, list[list[float]]] = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+            for kind in order:
+                per_round[kind].append(time_steps(kinds[kind], args.warmup, args.steps))
+        res = {}
+        for kind, rounds in per_round.items():
+            pooled = [x for rnd in rounds for x in rnd]
+            s = statistics.median(x["wall"] for x in pooled)
+            res[kind] = {
+                "s_per_step": s,
+                "tokens_per_s": tokens_per_step / s,
+                "gflops": flops_per_step / s / 1e9,
+                "min_s_per_step": min(x["wall"] for x in pooled),
+                "cpu_s_per_step": statistics.median(x["cpu"] for x in pooled),
+                "minflt_per_step": statistics.median(x["minflt"] for x in pooled),
+                "nivcsw_per_step": statistics.median(x["nivcsw"] for x in pooled),
+                "round_medians": [statistics.median(x["wall"] for x in rnd) for rnd in rounds],
+                "samples": pooled,
+            }
+        if "sft" in res:
+            res["rpo_over_sft"] = res["rpo"]["s_per_step"] / res["sft"]["s_per_step"]
+            res["rpo_over_sft_per_round"] = [
+                a / b for a, b in zip(res["rpo"]["round_medians"], res["sft"]["round_medians"])
+            ]
+        results[mbs] = res
+        print(f"[mbs={mbs}] rpo {res['rpo']['s_per_step']:.3f} s/step" +
+              (f", sft {res['sft']['s_per_step']:.3f} s/step" if "sft" in res else ""), flush=True)  # fmt: skip
+
+    peak_after = gemm_peak()
+    peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
+
+    # ------------------------------------------------------------------ report
+    allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+    print()
+    print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}  "
+          f"torch {torch.__version__}  threads {threads}  allocator {allocator}"
+          f"{'  MALLOC_CONF=' + os.environ['MALLOC_CONF'] if 'MALLOC_CONF' in os.environ else ''}")  # fmt: skip
+    print(f"model: {n_params:,} params ({'tied' if args.tied else 'untied'} LM head), N_matmul {n_matmul:,}; "
+          f"{args.prompts} pairs x K={cfg.k} x {seq} tokens = {tokens_per_step} tokens/step")  # fmt: skip
+    print(f"FLOPs/token = 6*N_matmul + 12*L*h*s = 6*{n_matmul:,} + 12*{cfg.model.num_layers}*"
+          f"{cfg.model.hidden_size}*{seq} = {fpt:,}; per step {flops_per_step / 1e9:.1f} GFLOP "
+          f"(reference precomputed: no extra forward)")  # fmt: skip
+    print(f"fp32 GEMM peak (torch.matmul, {threads} threads): {peak:.1f} GFLOP/s  "
+          f"[before {fmt_sizes(peak_before)}; after {fmt_sizes(peak_after)}]")  # fmt: skip
+    print(f"setup: collate {collate_s * 1e3:.1f} ms, reference log-probs (1 fwd, mbs "
+          f"{args.micro_batch_size[0]}) {ref_s:.2f} s")  # fmt: skip
+    print(f"timing: {args.rounds} interleaved rounds x ({args.warmup} warmup + {args.steps} timed) steps per kind; "
+          "medians over all timed steps")  # fmt: skip
+    print()
+    header = (
+        f"| {'run':<34} | {'mbs':>3} | {'s/step':>6} | {'tokens/s':>8} | {'GFLOP/s':>7} | {'MFU':>6} | "
+        f"{'vs TRL 1618':>11} | {'vs plain 3120':>13} | {'round medians (s)':<22} |"
+    )
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for mbs, res in results.items():
+        for kind in ("rpo", "sft"):
+            if kind not in res:
+                continue
+            r = res[kind]
+            name = "RPO rpo_bwd, cached ref (megatron)" if kind == "rpo" else "SFT, same 16 seqs (megatron)"
+            rounds = ", ".join(f"{x:.3f}" for x in r["round_medians"])
+            print(f"| {name:<34} | {mbs:>3} | {r['s_per_step']:>6.3f} | {r['tokens_per_s']:>8,.0f} | "
+                  f"{r['gflops']:>7.1f} | {100 * r['gflops'] / peak:>5.1f}% | "
+                  f"{r['tokens_per_s'] / 1618:>10.2f}x | {r['tokens_per_s'] / 3120:>12.2f}x | {rounds:<22} |")  # fmt: skip
+    print()
+    for mbs, res in results.items():
+        if "rpo_over_sft" in res:
+            per = ", ".join(f"{x:.3f}" for x in res["rpo_over_sft_per_round"])
+            print(f"mbs {mbs}: RPO/SFT step-time ratio {res['rpo_over_sft']:.3f} (per round: {per})")
+    print()
+    print(
+        "| run | mbs | min s/step | CPU s/step (2 threads) | CPU/wall | minor page faults/step | invol. ctx sw/step |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for mbs, res in results.items():
+        for kind in ("rpo", "sft"):
+            if kind in res:
+                r = res[kind]
+                print(f"| {kind.upper()} | {mbs} | {r['min_s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} | "
+                      f"{r['cpu_s_per_step'] / r['s_per_step']:.2f} | {r['minflt_per_step']:,.0f} | "
+                      f"{r['nivcsw_per_step']:,.0f} |")  # fmt: skip
+    print()
+    best = min(results, key=lambda m: results[m]["rpo"]["s_per_step"])
+    best_tps = results[best]["rpo"]["tokens_per_s"]
+    print(f"fastest micro-batch size for RPO: {best} ({best_tps:,.0f} tokens/s)")
+    print("anchor figures (TRL 1,618 and plain PyTorch 3,120 tokens/s, precomputed reference) are the published "
+          "numbers from shared/notes/performance-anchors.md, measured earlier on this machine kind; not re-measured "
+          "here — compare ratios with care (machine noise ±10%).")  # fmt: skip
+    target = 2 * TRL_PRECOMPUTED
+    ok_speed = best_tps >= target
+    ratio = results[best].get("rpo_over_sft")
+    ok_ratio = ratio is None or ratio <= 1.1
+    print(f"targets: RPO >= {target:,.0f} tokens/s: {'MET' if ok_speed else 'NOT MET'}"
+          f" ({best_tps:,.0f}); RPO/SFT <= 1.10: "
+          f"{'n/a' if ratio is None else ('MET' if ok_ratio else 'NOT MET') + f' ({ratio:.3f})'}")  # fmt: skip
+
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": threads,
+        "allocator": allocator,
+        "malloc_conf": os.environ.get("MALLOC_CONF"),
+        "params": n_params,
+        "n_matmul": n_matmul,
+        "tokens_per_step": tokens_per_step,
+        "flops_per_token": fpt,
+        "flops_formula": "6*N_matmul + 12*L*h*s",
+        "gemm_peak_gflops": peak,
+        "gemm_before": peak_before,
+        "gemm_after": peak_after,
+        "reference_logps_s": ref_s,
+        "results": {str(k): v for k, v in results.items()},
+        "anchors_from_notes_tokens_per_s": ANCHORS,
+    }
+
+    if args.breakdown:
+        mbs = args.micro_batch_size[0]
+        microbatches = make_microbatches(examples, mbs)
+        timer = PhaseTimer(model, optimizer)
+        fns = {"rpo": lambda: train_step(model, optimizer, scheduler, microbatches, lookup, cfg.loss),
+               "sft": lambda: sft_step(model, optimizer, scheduler, microbatches)}  # fmt: skip
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
+        for r in range(args.rounds):
+            for kind in fns if r % 2 == 0 else reversed(fns):
+                runs[kind].append(timer.run(fns[kind], args.breakdown))
+        timer.restore()
+        breakdown = {
+            kind: {ph: statistics.median(run[ph] for run in rr) for ph in rr[0]} for kind, rr in runs.items()
+        }
+        report["breakdown_s_per_step"] = breakdown
+        print(f"\nphase breakdown, mbs {mbs} (seconds per step; median over {args.rounds} rounds of "
+              f"{args.breakdown} steps; wall time, so contention inflates every phase):")  # fmt: skip
+        print(f"| {'phase':<18} | {'RPO':>7} | {'SFT':>7} | {'RPO-SFT':>7} |")
+        print(f"|{'-' * 20}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+        for ph in breakdown["rpo"]:
+            a, b = breakdown["rpo"][ph], breakdown["sft"].get(ph, 0.0)
+            print(f"| {ph:<18} | {a:>7.3f} | {b:>7.3f} | {a - b:>+7.3f} |")
+
+    if args.profile:
+        microbatches = make_microbatches(examples, best)
+        print(f"\n=== torch.profiler: {args.profile} RPO steps, mbs {best} (self CPU time) ===")
+        print(
+            profile(
+                lambda: train_step(model, optimizer, scheduler, microbatches, lookup, cfg.loss), args.profile
+            )
+        )
+        if not args.no_sft:
+            print(f"\n=== torch.profiler: {args.profile} SFT steps, mbs {best} (self CPU time) ===")
+            print(profile(lambda: sft_step(model, optimizer, scheduler, microbatches), args.profile))
+
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+def fmt_sizes(peak: dict) -> str:
+    return ", ".join(f"{n}: {g:.0f}" for n, g in peak["per_size_gflops"].items())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""CPU execution support: lets megatron-core 0.16.1 run on CPU with the gloo backend.
+
+megatron-core assumes CUDA at a small, known set of call sites (see
+``/work/shared/notes/megatron-core-on-cpu.md`` for the file:line list). Rather than forking megatron, this
+module rewrites those assumptions at run time, in one place, and only when there is no GPU:
+
+1. A :class:`torch.overrides.TorchFunctionMode` that, for every torch call,
+   maps ``device="cuda"``, ``"cuda:N"``, ``torch.device("cuda")`` and bare integer device indices
+   (what ``torch.cuda.current_device()`` returns) to ``"cpu"``; drops ``pin_memory=True``; makes
+   ``Tensor.cuda()`` / ``Tensor.pin_memory()`` return the tensor; and reports ``torch.cuda.*Tensor`` type
+   strings from ``Tensor.type()`` to callers inside ``megatron.*`` only (its optimizers check
+   ``param.type() == 'torch.cuda.FloatTensor'``), so our own code still sees the truth.
+   Torch function modes are thread-local and the autograd engine does not carry them into custom
+   ``autograd.Function.backward`` (megatron's tensor-parallel collectives and activation recompute run
+   there), so the mode is re-entered around every custom backward and around megatron's recompute hook.
+2. ``torch.cuda.current_device`` -> 0, ``synchronize`` / ``empty_cache`` -> no-ops, ``torch.cuda.Event``
+   -> a ``perf_counter`` stand-in.
+3. Megatron's RNG tracker (``tensor_parallel.random``) on the CPU default generator: a CPU build's
+   ``torch.cuda.manual_seed`` silently does nothing and ``torch.cuda.get_rng_state`` raises.
+4. Inference: ``TextGenerationController`` builds ``torch.Generator(device=cuda)`` in ``__init__``;
+   generator construction is not a torch function, so the mode cannot see it.
+
+None of this changes numerics; dropout masks come from the CPU generator, so they differ from a GPU run.
+:func:`install_cpu_support` is idempotent and does nothing at all when ``torch.cuda.is_available()``:
+on a GPU machine megatron runs unmodified. The TP/PP/DP equality tests in ``tests/distributed`` are the
+tests of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+
+__all__ = ["filter_noisy_warnings", "install_cpu_support", "is_cpu_support_installed"]
+
+_INSTALLED = False
+_WARNINGS_FILTERED = False
+
+# Messages (regex prefixes) that flood every CPU run and carry no information for us.
+_NOISY_WARNINGS = (
+    r"Transformer Engine and Apex are not installed",
+    r"Apex is not installed",
+    r"full scope is deprecated",
+    r"The following imports from `dynamic_context.py` will be removed",
+    r"`torch.jit.script_method` is deprecated",
+    r"Please use DTensor instead and we are deprecating ShardedTensor",  # torch_dist checkpoint save
+)
+
+
+def filter_noisy_warnings() -> None:
+    """Silence megatron's import-time "no apex / no TE" warnings and torch.distributed FutureWarnings, once.
+
+    Call this before importing ``megatron`` (the warnings fire at import time); it is safe on GPU too.
+    """
+    global _WARNINGS_FILTERED
+    if _WARNINGS_FILTERED:
+        return
+    for message in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.core")
+    _WARNINGS_FILTERED = True
+
+
+def is_cpu_support_installed() -> bool:
+    """True once :func:`install_cpu_support` has patched this process (never on a GPU machine)."""
+    return _INSTALLED
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. The torch function mode
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    # A bare index means a CUDA ordinal to torch; bool is an int subclass but never a device.
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def _called_from_megatron() -> bool:
+    """Whether the nearest non-torch caller frame belongs to a ``megatron.*`` module."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("torch"):
+            return module.startswith("megatron.")
+        frame = frame.f_back
+    return False
+
+
+_TENSOR_TYPE = torch.Tensor.type
+_RETURNS_SELF = {torch.Tensor.cuda, torch.Tensor.pin_memory}
+# Methods whose positional arguments may carry a device ("x.to('cuda')", "x.to(0)").
+_POSITIONAL_DEVICE = {torch.Tensor.to}
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA device requests to CPU; see the module docstring."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch protocol
+        if func in _RETURNS_SELF:
+            return args[0]
+        if func is _TENSOR_TYPE and len(args) == 1 and not kwargs:
+            name = func(*args)
+            if args[0].device.type == "cpu" and _called_from_megatron():
+                return name.replace("torch.", "torch.cuda.", 1)
+            return name
+        if kwargs:
+            if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+                kwargs = {**kwargs, "device": "cpu"}
+            if kwargs.get("pin_memory"):
+                kwargs = {k: v for k, v in kwargs.items() if k != "pin_memory"}
+        else:
+            kwargs = {}
+        if func in _POSITIONAL_DEVICE and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+_MODE = _CudaToCpuMode()
+
+
+@contextlib.contextmanager
+def _mode_active() -> Iterator[None]:
+    """Enter the mode unless this thread already has it (backward threads and hooks do not)."""
+    if _MODE in _get_current_function_mode_stack():
+        yield
+    else:
+        with _MODE:
+            yield
+
+
+def _with_mode(fn):  # noqa: ANN001, ANN202 - a decorator over arbitrary callables
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _mode_active():
+            return fn(*args, **kwargs)
+
+    wrapper._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _wrap_method(owner: type, name: str) -> None:
+    original = getattr(owner, name)
+    if not getattr(original, "_nemo_rpo_cpu_wrapped", False):
+        setattr(owner, name, _with_mode(original))
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. torch.cuda stand-ins
+# --------------------------------------------------------------------------------------------------
+
+
+class _CpuEvent:
+    """``torch.cuda.Event`` stand-in: records wall-clock time so ``elapsed_time`` (ms) still works."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        self._time: float | None = None
+
+    def record(self, stream: Any = None) -> None:
+        self._time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end_event: _CpuEvent) -> float:
+        if self._time is None or end_event._time is None:
+            raise RuntimeError("elapsed_time: both events must be recorded first")
+        return (end_event._time - self._time) * 1000.0
+
+
+def _patch_torch_cuda() -> None:
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.empty_cache = lambda: None
+    torch.cuda.Event = _CpuEvent  # type: ignore[misc, assignment]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Megatron's RNG tracker on the CPU generator
+# --------------------------------------------------------------------------------------------------
+
+
+def _patch_rng_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mp_random
+
+    def get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+        return torch.get_rng_state()  # already a copy
+
+    def set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
+        torch.set_rng_state(new_state)
+
+    def add(self, name: str, seed: int) -> None:
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise Exception(f"seed {seed} already exists")
+        self.seeds_.add(seed)
+        if name in self.states_:
+            raise Exception(f"rng state {name} already exists")
+        orig = torch.get_rng_state()
+        torch.manual_seed(seed)
+        self.states_[name] = torch.get_rng_state()
+        torch.set_rng_state(orig)
+
+    @contextlib.contextmanager
+    def fork(self, name: str = mp_random._MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
+        # Megatron's fork also warns when the CPU state changes inside the fork; on CPU the tracked
+        # state *is* the CPU state, so that warning would fire on every dropout. Same logic otherwise.
+        if name not in self.states_:
+            raise Exception(f"rng state {name} is not added")
+        orig_state = torch.get_rng_state()
+        orig_name = self._current_state_name
+        if orig_name != "default-rng":
+            self.states_[orig_name] = orig_state
+        torch.set_rng_state(self.states_[name])
+        self._current_state_name = name
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            if orig_name != "default-rng":
+                orig_state = self.states_[orig_name]
+            torch.set_rng_state(orig_state)
+            self._current_state_name = orig_name
+
+    mp_random._get_cuda_rng_state = get_rng_state
+    mp_random._set_cuda_rng_state = set_rng_state
+    mp_random.CudaRNGStatesTracker.add = add
+    mp_random.CudaRNGStatesTracker.fork = fork
+    mp_random.initialize_rng_tracker(force_reset=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Inference sampling generator
+# --------------------------------------------------------------------------------------------------
+
+
+def _patch_inference() -> None:
+    from megatron.core.inference.text_generation_controllers import text_generation_controller as tgc
+
+    controller = tgc.TextGenerationController
+    original_init = controller.__init__
+    if getattr(original_init, "_nemo_rpo_cpu_wrapped", False):
+        return
+
+    @functools.wraps(original_init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # torch.Generator(device=torch.cuda.current_device()) is not a torch function call, so the mode
+        # cannot rewrite it; report the CPU as the current device while the controller is built.
+        current_device = torch.cuda.current_device
+        torch.cuda.current_device = lambda: "cpu"
+        try:
+            with _mode_active():
+                original_init(self, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = current_device
+
+    __init__._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
+    controller.__init__ = __init__
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def install_cpu_support() -> None:
+    """Patch torch and megatron-core so megatron runs on CPU (gloo). No-op on a GPU machine or when done.
+
+    Must run before megatron builds any tensor (model construction, process-group setup is fine either
+    way). The mode is entered for the calling thread; call this from the thread that runs training.
+    """
+    global _INSTALLED
+    if _INSTALLED or torch.cuda.is_available():
+        return
+    filter_noisy_warnings()
+    # Advice about a CUDA driver setting; meaningless without a GPU.
+    warnings.filterwarnings("ignore", message=r".*CUDA_DEVICE_MAX_CONNECTIONS")
+    _patch_torch_cuda()
+
+    from torch.autograd.function import BackwardCFunction
+
+    _wrap_method(BackwardCFunction, "apply")
+    _wrap_method(BackwardCFunction, "apply_boxed")
+
+    from megatron.core.tensor_parallel.random import CheckpointWithoutOutput
+
+    _wrap_method(CheckpointWithoutOutput, "_recompute")
+    _patch_rng_tracker()
+    _patch_inference()
+    _MODE.__enter__()  # stays on for the life of the process
+    _INSTALLED = True

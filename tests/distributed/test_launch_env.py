@@ -1,0 +1,87 @@
+"""Launch-environment parsing (torchrun / Slurm / single process) and early configuration errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemo_rpo.config.schema import ConfigError, ParallelConfig
+from nemo_rpo.distributed import launch
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+               "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")  # fmt: skip
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in LAUNCH_VARS:
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_torchrun(clean_env: pytest.MonkeyPatch) -> None:
+    for key, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                       "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}.items():  # fmt: skip
+        clean_env.setenv(key, value)
+    env = launch._read_launch_env()
+    assert (env.source, env.rank, env.world_size, env.local_rank) == ("torchrun", 3, 4, 1)
+    assert (env.master_addr, env.master_port) == ("node7", 1234)  # torchrun wins over Slurm
+
+
+def test_slurm_master_from_scontrol(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/bin/sh\nprintf 'gpu-a01\\ngpu-a02\\n'\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    clean_env.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                       "SLURM_JOB_NODELIST": "gpu-a[01-02]", "MASTER_ADDR": "ignored"}.items():  # fmt: skip
+        clean_env.setenv(key, value)
+    env = launch._read_launch_env()
+    assert (env.source, env.rank, env.world_size, env.local_rank) == ("slurm", 5, 8, 1)
+    assert env.master_addr == "gpu-a01"
+    assert env.master_port == 20000 + 4242  # the same on every task, derived from the job id
+
+
+def test_slurm_without_scontrol_uses_master_addr(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("PATH", str(tmp_path))  # no scontrol here
+    for key, value in {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n[1-2]",
+                       "MASTER_ADDR": "head", "MASTER_PORT": "2999"}.items():  # fmt: skip
+        clean_env.setenv(key, value)
+    env = launch._read_launch_env()
+    assert (env.master_addr, env.master_port) == ("head", 2999)
+
+
+def test_single_process_fallback(clean_env: pytest.MonkeyPatch) -> None:
+    env = launch._read_launch_env()
+    assert (env.source, env.rank, env.world_size, env.local_rank, env.master_addr) == (
+        "single",
+        0,
+        1,
+        0,
+        "127.0.0.1",
+    )
+    assert 0 < env.master_port < 65536
+
+
+def test_world_not_divisible_by_model_parallel_is_a_config_error(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("RANK", "0")
+    clean_env.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"world size 3 is not divisible by tp\*pp = 2\*1 = 2"):
+        launch.init_distributed(ParallelConfig(tp=2), seed=0)
+    assert not torch.distributed.is_initialized()
+
+
+def test_set_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert launch.set_num_threads(1) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert launch.set_num_threads(None) == 2
+        with pytest.raises(ConfigError, match="num_threads"):
+            launch.set_num_threads(0)
+    finally:
+        torch.set_num_threads(before)
