@@ -100,6 +100,7 @@ class ModelConfig:
     fp8: Optional[str] = None  # None | e4m3 | hybrid (needs transformer_engine)
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     recompute_granularity: Optional[str] = None  # None | full | selective
+    core_attention: str = "sdpa"  # local spec only: sdpa (fused torch kernel) | megatron (unfused)
 
     def __post_init__(self) -> None:
         _check(self.num_layers >= 1, "model.num_layers", "must be >= 1")
@@ -126,6 +127,7 @@ class ModelConfig:
         )
         _check(self.recompute_granularity in (None, "full", "selective"), "model.recompute_granularity",
                "null, full or selective")  # fmt: skip
+        _check(self.core_attention in ("sdpa", "megatron"), "model.core_attention", "sdpa or megatron")
         _check(0.0 <= self.hidden_dropout < 1 and 0.0 <= self.attention_dropout < 1, "model.hidden_dropout",
                "dropouts must be in [0, 1)")  # fmt: skip
 

@@ -21,6 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
+from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
 
 __all__ = [
@@ -80,7 +81,10 @@ def layer_spec(model: ModelConfig) -> ModuleSpec:
         raise ConfigError(
             "model.fp8: FP8 needs the Transformer Engine spec, but transformer_engine is not usable here"
         )
-    return get_gpt_layer_local_spec(normalization=model.normalization)
+    spec = get_gpt_layer_local_spec(normalization=model.normalization)
+    if model.core_attention == "sdpa":
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
 
 
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
