@@ -24,11 +24,14 @@ def run(cfg) -> None:
     from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
 
     filter_noisy_warnings()  # before megatron is imported: its import-time warnings flood CPU runs
-    from nemo_rpo.algorithms.offline import train_offline
     from nemo_rpo.distributed.launch import teardown_distributed
 
+    if cfg.mode == "online":
+        from nemo_rpo.algorithms.online import train_online as train
+    else:
+        from nemo_rpo.algorithms.offline import train_offline as train
     try:
-        train_offline(cfg)
+        train(cfg)
     finally:
         teardown_distributed()
 

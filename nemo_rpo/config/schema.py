@@ -23,7 +23,7 @@ def _check(cond: bool, field_name: str, problem: str) -> None:
 
 LOSS_NAMES = (
     "rpo_sq", "rpo_sqloo", "rpo_bwd", "rpo_fwd",
-    "dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto",
+    "dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto", "sft",
 )  # fmt: skip
 
 
@@ -161,6 +161,9 @@ class DataConfig:
 
     train_path: Optional[str] = None
     val_path: Optional[str] = None
+    # online / iterative: JSONL prompts (any format with a "prompt" field); None = the training data's
+    # prompts (train_path, or the embedded synthetic task)
+    prompts_path: Optional[str] = None
     format: str = "auto"  # auto | native | nemo_aligner | trl
     max_prompt_len: int = 96  # tokens; longer prompts are truncated from the left
     truncation: str = "truncate"  # truncate | drop | error : what to do with sequences over model.max_seq_len
@@ -235,6 +238,43 @@ class LoggingConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """Iterative RPO (Alg. 3 offline, Alg. 4 online): ``iterations`` rounds; the reference becomes the
+    current policy at the start of each. Per-iteration lists override ``steps``/``beta``/``eta``."""
+
+    iterations: int = 1
+    steps: Optional[list[int]] = None  # steps of each iteration; None = trainer.max_steps split evenly
+    beta: Optional[list[float]] = None  # loss.beta of each iteration; None = loss.beta throughout
+    eta: Optional[list[float]] = None  # loss.eta of each iteration
+    # offline iterations >= 2 regenerate the data: K samples per prompt scored by the reward model, kept as
+    # "all" K, or "best_vs_random" (chosen = highest reward, rejected = a random other: paper §4.1, K=2)
+    pairs: str = "all"
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 1, "schedule.iterations", f"must be >= 1, got {self.iterations}")
+        for name in ("steps", "beta", "eta"):
+            values = getattr(self, name)
+            _check(values is None or len(values) == self.iterations, f"schedule.{name}",
+                   f"needs one value per iteration ({self.iterations}), got {values}")  # fmt: skip
+            _check(values is None or all(v > 0 for v in values), f"schedule.{name}", "values must be > 0")
+        _check(self.pairs in ("all", "best_vs_random"), "schedule.pairs", "all or best_vs_random")
+
+
+@dataclass
+class OnlineConfig:
+    """Online RPO (Alg. 2): each step samples ``trainer.global_batch_size`` prompts and K responses each."""
+
+    # SFT steps on the prompt set's best responses before online training; None = 40 for the embedded
+    # synthetic task (a tiny model starts from random weights) and 0 otherwise (start from your SFT model)
+    sft_warmup_steps: Optional[int] = None
+    reference_on_cpu: bool = False  # keep the frozen reference in CPU memory between uses (GPU memory)
+
+    def __post_init__(self) -> None:
+        _check(self.sft_warmup_steps is None or self.sft_warmup_steps >= 0, "online.sft_warmup_steps",
+               "must be >= 0")  # fmt: skip
+
+
+@dataclass
 class RPOConfig:
     """Top-level config of ``nemo-rpo-train``."""
 
@@ -250,9 +290,20 @@ class RPOConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig())
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig())
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("offline",), "mode", f"unsupported mode {self.mode!r} (offline)")
+        _check(self.mode in ("offline", "online"), "mode", f"unsupported mode {self.mode!r} (offline or online)")
+        steps = self.schedule.steps
+        _check(steps is None or sum(steps) == self.trainer.max_steps, "schedule.steps",
+               f"sums to {sum(steps or [])} but trainer.max_steps is {self.trainer.max_steps}")  # fmt: skip
+        _check(self.trainer.max_steps >= self.schedule.iterations, "schedule.iterations",
+               "more iterations than trainer.max_steps")  # fmt: skip
+        _check(self.schedule.pairs != "best_vs_random" or self.k == 2, "schedule.pairs",
+               f"best_vs_random builds K=2 pairs; set k=2 (got k={self.k}) or schedule.pairs=all")  # fmt: skip
         _check(self.k >= 2, "k", f"must be >= 2, got {self.k}")
         _check(not (self.loss.name == "rpo_sq" and self.k != 2), "k",
                "loss rpo_sq is the K=2 margin form; use loss=rpo_sqloo for K > 2")  # fmt: skip
@@ -270,3 +321,61 @@ class RPOConfig:
                f"pp={self.parallel.pp} must divide model.num_layers ({self.model.num_layers})")  # fmt: skip
         _check(self.trainer.global_batch_size % self.trainer.micro_batch_size == 0, "trainer.global_batch_size",
                "must be a multiple of micro_batch_size (times the data-parallel size)")  # fmt: skip
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling K responses per prompt from the policy (:mod:`nemo_rpo.generation`).
+
+    ``temperature == 0`` is greedy decoding (top-k/top-p are then irrelevant). ``top_k = 0`` and
+    ``top_p = 1.0`` switch those filters off. Generation stops at the tokenizer's ``eos`` or after
+    ``max_new_tokens``; the longest prompt plus ``max_new_tokens`` must fit ``model.max_seq_len``.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    # 16 covers the bundled synthetic task (answers of at most 11 characters, plus eos).
+    max_new_tokens: int = 16
+    # KV cache through megatron's StaticInferenceContext; False re-runs the whole prefix every step.
+    use_kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.temperature) and self.temperature >= 0, "generation.temperature",
+               f"must be >= 0 (0 = greedy), got {self.temperature}")  # fmt: skip
+        _check(0.0 < self.top_p <= 1.0, "generation.top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "generation.top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        _check(self.max_new_tokens >= 1, "generation.max_new_tokens",
+               f"must be >= 1, got {self.max_new_tokens}")  # fmt: skip
+
+
+REWARD_KINDS = ("judge", "http", "megatron")
+
+
+@dataclass
+class RewardConfig:
+    """Where online rewards come from (:mod:`nemo_rpo.rewards`).
+
+    ``judge``: a Python function named ``"pkg.module:function"`` taking ``(prompts, responses)`` and
+    returning one float per response; the default scores the bundled synthetic task.
+    ``http``: a reward service at ``url`` (``python -m nemo_rpo.rewards.server``), POST ``/score``.
+    ``megatron``: a learnt Megatron reward model (configured by its own component).
+    """
+
+    kind: str = "judge"
+    judge: str = "nemo_rpo.rewards.judges:synthetic_task_reward"
+    url: Optional[str] = None  # http: e.g. http://127.0.0.1:8000 (the client posts to {url}/score)
+    path: Optional[str] = None  # megatron: the reward model's run directory (nemo-rpo-train-rm exp_dir)
+    timeout: float = 30.0  # http: seconds per request
+    retries: int = 2  # http: further attempts after a connection failure or timeout
+
+    def __post_init__(self) -> None:
+        _check(self.kind in REWARD_KINDS, "reward.kind", f"unknown kind {self.kind!r}; choose one of "
+               f"{', '.join(REWARD_KINDS)}")  # fmt: skip
+        _check(self.kind != "judge" or ":" in self.judge, "reward.judge",
+               f"expected 'pkg.module:function', got {self.judge!r}")  # fmt: skip
+        _check(self.kind != "http" or bool(self.url), "reward.url", "required when kind=http")
+        _check(self.kind != "megatron" or bool(self.path), "reward.path", "required when kind=megatron")
+        _check(math.isfinite(self.timeout) and self.timeout > 0, "reward.timeout",
+               f"must be > 0, got {self.timeout}")  # fmt: skip
+        _check(self.retries >= 0, "reward.retries", f"must be >= 0, got {self.retries}")

@@ -139,6 +139,8 @@ PRESETS: dict[str, PresetInfo] = {
     "kto": PresetInfo(
         needs_rewards=False, uses_reference=True, length_normalized=False, pairwise=True, needs_kl_pairs=True
     ),
+    # Supervised fine-tuning on the best response (the SFT stage before alignment; online warm-up).
+    "sft": PresetInfo(needs_rewards=False, uses_reference=False, length_normalized=True, pairwise=False),
 }
 
 # NeMo-Aligner's loss names.
@@ -193,6 +195,8 @@ def preference_loss(
         return distill_dpo(**logps, rewards=rewards, beta=beta, eta=eta)
     if name == "simpo":
         return simpo(policy_logps=policy_logps, beta=beta, gamma=gamma)
+    if name == "sft":
+        return sft_nll(policy_logps=policy_logps, rewards=rewards)
     if kl_policy_logps is None or kl_ref_logps is None:
         raise ValueError("loss 'kto' needs log-probs of mismatched pairs (kl_policy_logps, kl_ref_logps)")
     return kto(

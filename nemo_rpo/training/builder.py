@@ -17,15 +17,20 @@ def build_policy(cfg: RPOConfig, vocab_size: int):
     Returns ``(model_chunks, optimizer, scheduler)``; ``model_chunks`` is the list megatron's
     schedules and checkpointing expect.
     """
+    chunks = build_policy_model(cfg, vocab_size)
+    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    return chunks, optimizer, scheduler
+
+
+def build_policy_model(cfg: RPOConfig, vocab_size: int) -> list:
+    """The DDP-wrapped model chunks alone (the optimizer is built separately, e.g. after a warm-up)."""
     model = build_gpt_model(
         cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size, init_seed=cfg.trainer.seed
     )
     # Losses return (sum, num_prompts, report): megatron then divides gradients by the global prompt
     # count instead of averaging per micro-batch and per data-parallel rank.
     model.config.calculate_per_token_loss = True
-    chunks = [wrap_ddp(model, cfg.parallel)]
-    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
-    return chunks, optimizer, scheduler
+    return [wrap_ddp(model, cfg.parallel)]
 
 
 def save_resolved_config(cfg: RPOConfig, info: ParallelInfo) -> None:

@@ -180,6 +180,8 @@ def _direct(name, policy, ref, rewards, kl):
             kl_ref_logps=torch.zeros_like(kl),
             beta=BETA,
         ),
+        # NLL of the highest-reward response, written out here without sft_nll.
+        "sft": lambda: -torch.where(rewards[:, 0] >= rewards[:, 1], policy[:, 0], policy[:, 1]),
     }[name]()
 
 

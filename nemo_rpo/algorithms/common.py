@@ -1,0 +1,118 @@
+"""Pieces shared by the offline, online and iterative loops: batching, resume, saving, console output."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from nemo_rpo.config.schema import LossConfig, RPOConfig
+from nemo_rpo.data.batch import PreferenceBatch, collate
+from nemo_rpo.data.preference import PreferenceExample
+from nemo_rpo.data.sampler import split_micro_batches
+from nemo_rpo.distributed.launch import ParallelInfo
+from nemo_rpo.training.checkpoint import find_latest_checkpoint, load_checkpoint
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    first: dict | None
+    last: dict | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One round of an iterative schedule: steps ``[start, end)`` with their own beta and eta."""
+
+    index: int
+    start: int
+    end: int
+    loss: LossConfig
+
+
+def iteration_plan(cfg: RPOConfig) -> list[Iteration]:
+    """Alg. 3/4's rounds; a single iteration covering every step when ``schedule.iterations == 1``."""
+    n, total = cfg.schedule.iterations, cfg.trainer.max_steps
+    steps = cfg.schedule.steps or [total // n + (1 if i < total % n else 0) for i in range(n)]
+    plan, start = [], 0
+    for i, count in enumerate(steps):
+        loss = cfg.loss
+        if cfg.schedule.beta is not None:
+            loss = dataclasses.replace(loss, beta=cfg.schedule.beta[i])
+        if cfg.schedule.eta is not None:
+            loss = dataclasses.replace(loss, eta=cfg.schedule.eta[i])
+        plan.append(Iteration(i, start, start + count, loss))
+        start += count
+    return plan
+
+
+def iteration_at(plan: Sequence[Iteration], step: int) -> Iteration:
+    return next(it for it in plan if it.start <= step < it.end)
+
+
+def microbatches(
+    examples: Sequence[PreferenceExample], micro_batch_size: int, pad_id: int, device, *, fill: bool = False
+) -> list[PreferenceBatch]:
+    """This rank's prompts for a step as micro-batches padded to one width (pipeline p2p needs it).
+
+    ``fill=True`` (forward-only passes, where a repeated row changes nothing) repeats the last example
+    until the count divides ``micro_batch_size``; training batches must divide it exactly.
+    """
+    if fill and len(examples) % micro_batch_size:
+        examples = list(examples) + [examples[-1]] * (micro_batch_size - len(examples) % micro_batch_size)
+    longest = max(
+        len(ex.prompt_ids) + max(map(len, ex.response_ids + [ex.kl_response_ids or []])) for ex in examples
+    )
+    width = -(-longest // 8) * 8
+    chunks = split_micro_batches(list(range(len(examples))), micro_batch_size)
+    return [collate([examples[i] for i in chunk], pad_id, pad_to=width).to(device) for chunk in chunks]
+
+
+def table_lookup(table: torch.Tensor | None):
+    """``ref_lookup`` for train_step: rows of a ``[N, R]`` log-prob table by each batch's ``index``."""
+
+    def lookup(batch: PreferenceBatch) -> torch.Tensor | None:
+        return None if table is None else table[batch.index.cpu()].to(batch.input_ids.device)
+
+    return lookup
+
+
+def maybe_resume(cfg: RPOConfig, model, optimizer, scheduler, info: ParallelInfo) -> dict:
+    """Load the latest checkpoint of ``exp_dir`` (weights, optimizer, scheduler, RNG); ``{}`` if none."""
+    path = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
+    if path is None:
+        return {}
+    extra = load_checkpoint(path, model, optimizer, scheduler)
+    if info.rank == 0:
+        print(f"resumed from {path} at step {extra['step']}", flush=True)
+    return extra
+
+
+def should_save(cfg: RPOConfig, step: int) -> bool:
+    interval = cfg.checkpoint.save_interval
+    return step == cfg.trainer.max_steps or (interval > 0 and step % interval == 0)
+
+
+def progress_bar(
+    cfg: RPOConfig, info: ParallelInfo, start: int, total: int | None = None, desc: str = "train"
+):
+    if info.rank != 0 or not cfg.logging.progress_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total or cfg.trainer.max_steps, initial=start, desc=desc, dynamic_ncols=True,
+                leave=False, disable=None)  # fmt: skip
+
+
+def emit(progress, info: ParallelInfo, line: str) -> None:
+    """Print from the last rank (it holds the last pipeline stage), around the tqdm bar if any."""
+    if info.rank != info.world_size - 1:
+        return
+    if progress is not None:
+        progress.write(line)
+    else:
+        print(line, flush=True)

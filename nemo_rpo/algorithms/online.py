@@ -1,0 +1,198 @@
+"""Online RPO (Algorithm 2) and iterative online RPO (Algorithm 4).
+
+Each step: sample a batch of prompts, generate K responses per prompt from the current policy, score
+them with the reward model, compute reference log-probs with the frozen reference, and take one
+optimizer step on the configured loss (any metric or preset; ``rpo_sqloo`` with ``eta=1`` is RLOO).
+With ``schedule.iterations=I`` the reference becomes the current policy at the start of every iteration.
+
+Launch: ``nemo-rpo-train mode=online`` (the embedded default: the synthetic string tasks, judged by
+``nemo_rpo.rewards.judges``, after a short SFT warm-up of the randomly initialised tiny model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+
+from nemo_rpo.algorithms.common import (
+    RunSummary,
+    emit,
+    iteration_at,
+    iteration_plan,
+    maybe_resume,
+    microbatches,
+    progress_bar,
+    should_save,
+    table_lookup,
+)  # fmt: skip
+from nemo_rpo.algorithms.rollout import rollout
+from nemo_rpo.config.schema import RPOConfig
+from nemo_rpo.data.preference import load_preference_dataset
+from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
+from nemo_rpo.data.sampler import GlobalBatchSampler
+from nemo_rpo.data.synthetic import make_synthetic_preferences
+from nemo_rpo.data.tokenizer import build_tokenizer
+from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, set_num_threads
+from nemo_rpo.generation import MegatronGenerator, sampling_generator
+from nemo_rpo.losses import PRESETS
+from nemo_rpo.rewards import build_reward_model
+from nemo_rpo.training.builder import build_policy_model, save_resolved_config
+from nemo_rpo.training.checkpoint import save_checkpoint
+from nemo_rpo.training.frozen import FrozenReference
+from nemo_rpo.training.logger import MetricsLogger, console_line, step_metrics
+from nemo_rpo.training.optimizer import build_optimizer
+from nemo_rpo.training.step import train_step
+
+EMBEDDED_SFT_WARMUP = 40  # steps; the tiny default model starts from random weights
+
+
+def train_online(cfg: RPOConfig) -> RunSummary:
+    """Alg. 2 (and Alg. 4 when ``schedule.iterations > 1``)."""
+    started = time.perf_counter()
+    set_num_threads(cfg.trainer.num_threads)
+    info = init_distributed(cfg.parallel, cfg.trainer.seed)
+    save_resolved_config(cfg, info)
+    tokenizer = build_tokenizer(cfg.data.tokenizer)
+    prompts = _load_prompts(cfg, tokenizer, info)
+    model = build_policy_model(cfg, tokenizer.vocab_size)
+    _sft_warmup(cfg, model, tokenizer, info)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
+                                device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
+    reward_model = build_reward_model(cfg.reward)
+    generator = MegatronGenerator(model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                  vocab_size=tokenizer.vocab_size)  # fmt: skip
+    sampler = GlobalBatchSampler(len(prompts), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
+                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source="prompts")  # fmt: skip
+    plan = iteration_plan(cfg)
+    start = int(maybe_resume(cfg, model, optimizer, scheduler, info).get("step", 0))
+    ref_root = Path(cfg.exp_dir) / "reference"
+    if start > iteration_at(plan, min(start, cfg.trainer.max_steps - 1)).start:
+        reference.load(ref_root)  # resumed mid-iteration: that iteration's reference
+    logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
+                           tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
+    progress = progress_bar(cfg, info, start)
+    first = last = None
+    for step in range(start, cfg.trainer.max_steps):
+        it = iteration_at(plan, step)
+        if step == it.start:  # Alg. 4, line 2: pi_ref := pi (for iteration 0: the initial policy)
+            reference.copy_from(model)
+            reference.save(ref_root, step)
+        tick = time.perf_counter()
+        local = [prompts[i] for i in sampler.indices_for_step(step)]
+        draws = sampling_generator(cfg.trainer.seed + 7919 * info.dp_rank, step)
+        first_row = info.dp_rank * len(local)
+        batch, gen_s, score_s = rollout(generator, reward_model, tokenizer, local, cfg.k, draws, first_row)
+        micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device)
+        ref_tick = time.perf_counter()
+        ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
+        train_tick = time.perf_counter()
+        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
+        done = time.perf_counter()
+        metrics = step_metrics(step + 1, result.report, result.grad_norm, result.lr, done - tick)
+        metrics.update(_online_metrics(batch, ref_logps, first_row, info))
+        metrics.update(iteration=it.index, time_generate_s=gen_s, time_score_s=score_s,
+                       time_reference_s=train_tick - ref_tick, time_train_s=done - train_tick)  # fmt: skip
+        first, last = first or metrics, metrics
+        if (step + 1) % cfg.trainer.log_interval == 0 or step + 1 == cfg.trainer.max_steps:
+            logger.log(metrics)
+            emit(
+                progress,
+                info,
+                console_line(metrics, cfg.trainer.max_steps) + f" reward {metrics['reward']:.3f}",
+            )
+        if progress is not None:
+            progress.update(1)
+        if should_save(cfg, step + 1) or step + 1 == it.end:
+            save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
+                            {"step": step + 1, "iteration": it.index}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
+    logger.close()
+    if progress is not None:
+        progress.close()
+    return RunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
+
+
+def _uses_ref(cfg: RPOConfig) -> bool:
+    return PRESETS[cfg.loss.name].uses_reference
+
+
+def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]:
+    if cfg.data.prompts_path is not None:
+        prompts = load_prompts(cfg.data.prompts_path, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
+    elif cfg.data.train_path is not None:
+        prompts = load_prompts(cfg.data.train_path, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
+    else:  # the embedded default: the synthetic task's prompts
+        texts = [r["prompt"] for r in make_synthetic_preferences(512, 2, seed=0)]
+        prompts = prompts_from_texts(texts, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
+    longest = max(len(p.ids) for p in prompts) + cfg.generation.max_new_tokens
+    if longest > cfg.model.max_seq_len:
+        from nemo_rpo.config.schema import ConfigError
+
+        raise ConfigError(f"generation.max_new_tokens: the longest prompt ({longest - cfg.generation.max_new_tokens} "
+                          f"tokens) plus {cfg.generation.max_new_tokens} new tokens exceeds model.max_seq_len "
+                          f"({cfg.model.max_seq_len})")  # fmt: skip
+    if info.rank == 0:
+        print(
+            f"prompts: {len(prompts)} (longest {longest - cfg.generation.max_new_tokens} tokens)", flush=True
+        )
+    return prompts
+
+
+def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
+    """SFT on the embedded task's correct answers, so online RPO starts from an SFT policy as in §4."""
+    embedded = cfg.data.prompts_path is None and cfg.data.train_path is None
+    steps = cfg.online.sft_warmup_steps
+    steps = (EMBEDDED_SFT_WARMUP if embedded else 0) if steps is None else steps
+    if steps == 0 or (Path(cfg.exp_dir) / "checkpoints" / "latest").exists():
+        return  # nothing to do, or the warm-up is already in the checkpoint we resume from
+    if cfg.data.train_path is None:
+        path = Path(cfg.exp_dir) / "data" / "synthetic_sft.jsonl"
+        if info.rank == 0:
+            from nemo_rpo.data.jsonl import write_jsonl
+
+            write_jsonl(make_synthetic_preferences(512, 2, seed=1), path)
+        torch.distributed.barrier()
+    else:
+        path = cfg.data.train_path
+    k = 2 if cfg.data.train_path is None else cfg.k
+    data = load_preference_dataset(path, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len)
+    optim = dataclasses.replace(cfg.optim, warmup_steps=0, decay_style="constant", min_lr=cfg.optim.lr)
+    optimizer, scheduler = build_optimizer(model, optim, cfg.parallel, steps)
+    sampler = GlobalBatchSampler(len(data), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
+                                 seed=cfg.trainer.seed + 1, shuffle=True, source=str(path))  # fmt: skip
+    sft = dataclasses.replace(cfg.loss, name="sft", sft_loss_weight=0.0)
+    losses = []
+    for step in range(steps):
+        examples = [data[i] for i in sampler.indices_for_step(step)]
+        micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device)
+        result = train_step(model, optimizer, scheduler, micro, table_lookup(None), sft)
+        losses.append(result.report["loss_sum"] / max(result.report["num_prompts"], 1.0))
+    if info.rank == info.world_size - 1:
+        print(f"sft warm-up: {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+
+
+def _online_metrics(batch, ref_logps, first_row: int, info: ParallelInfo) -> dict:
+    """Reward mean/std, KL(pi || pi_ref) estimate and response length over the global batch."""
+    rewards = batch.rewards.double()
+    b, k = rewards.shape
+    kl = torch.zeros(b, k, dtype=torch.float64)
+    if ref_logps is not None:
+        kl = batch.policy_logps.double() - ref_logps[first_row : first_row + b].double()
+    sums = torch.tensor([rewards.sum(), (rewards**2).sum(), float(rewards.numel()), kl.sum(),
+                         batch.lengths.double().sum()], dtype=torch.float64)  # fmt: skip
+    if torch.distributed.is_initialized():
+        sums = sums.to(info.device)
+        torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+        sums = sums.cpu()
+    total, squares, n, kl_sum, length = sums.tolist()
+    mean = total / n
+    return {
+        "reward": mean,
+        "reward_std": max(squares / n - mean * mean, 0.0) ** 0.5,
+        "kl": kl_sum / n,
+        "response_length": length / n,
+    }
