@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "nemo-rpo-train=nemo_rpo.cli.train:main",
+            "nemo-rpo-train-rm=nemo_rpo.cli.train_rm:main",
             "nemo-rpo-loss-demo=nemo_rpo.cli.loss_demo:main",
             "nemo-rpo-plot=nemo_rpo.cli.plot:main",
         ],

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from nemo_rpo.config.schema import LossConfig, RPOConfig
+from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
@@ -79,6 +80,20 @@ def table_lookup(table: torch.Tensor | None):
         return None if table is None else table[batch.index.cpu()].to(batch.input_ids.device)
 
     return lookup
+
+
+def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo) -> None:
+    """Load ``checkpoint.init_from`` weights into a new run (skipped when ``exp_dir`` has a checkpoint)."""
+    source = cfg.checkpoint.init_from
+    if source is None or (cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None):
+        return
+    path = find_latest_checkpoint(source) or Path(source)
+    if not (path / "COMPLETE").is_file():
+        raise ConfigError(f"checkpoint.init_from: {source} is neither a run directory with checkpoints "
+                          "nor a complete checkpoint directory")  # fmt: skip
+    load_checkpoint(path, model, None, None, restore_rng=False)
+    if info.rank == 0:
+        print(f"initialised weights from {path}", flush=True)
 
 
 def maybe_resume(cfg: RPOConfig, model, optimizer, scheduler, info: ParallelInfo) -> dict:

@@ -26,6 +26,7 @@ from nemo_rpo.algorithms.common import (
     Iteration,
     RunSummary,
     emit,
+    init_weights_from,
     iteration_plan,
     maybe_resume,
     microbatches,
@@ -59,6 +60,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     dataset = _load_dataset(cfg, tokenizer, info, cfg.data.train_path)
     model, optimizer, scheduler = build_policy(cfg, tokenizer.vocab_size)
+    init_weights_from(cfg, model, info)  # e.g. the SFT policy; it is also the reference
     ref_logps = _reference_logps(cfg, model, dataset, tokenizer.pad_id, info, cfg.exp_dir)  # initial weights
     start = int(maybe_resume(cfg, model, optimizer, scheduler, info).get("step", 0))
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,

@@ -21,6 +21,7 @@ from megatron.core import parallel_state
 from nemo_rpo.algorithms.common import (
     RunSummary,
     emit,
+    init_weights_from,
     iteration_at,
     iteration_plan,
     maybe_resume,
@@ -59,6 +60,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     prompts = _load_prompts(cfg, tokenizer, info)
     model = build_policy_model(cfg, tokenizer.vocab_size)
+    init_weights_from(cfg, model, info)  # the SFT policy
     _sft_warmup(cfg, model, tokenizer, info)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
     reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
@@ -144,7 +146,9 @@ def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]
 
 def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
     """SFT on the embedded task's correct answers, so online RPO starts from an SFT policy as in §4."""
-    embedded = cfg.data.prompts_path is None and cfg.data.train_path is None
+    embedded = (
+        cfg.data.prompts_path is None and cfg.data.train_path is None and cfg.checkpoint.init_from is None
+    )
     steps = cfg.online.sft_warmup_steps
     steps = (EMBEDDED_SFT_WARMUP if embedded else 0) if steps is None else steps
     if steps == 0 or (Path(cfg.exp_dir) / "checkpoints" / "latest").exists():

@@ -225,6 +225,9 @@ class CheckpointConfig:
     save_interval: int = 0  # steps; 0 saves only at the end
     keep_last: int = 2
     resume: bool = True  # resume from the latest checkpoint in exp_dir when one exists
+    # start a new run from these weights (a run directory or one checkpoint directory; any TP/PP layout),
+    # e.g. the SFT policy; ignored when resuming from exp_dir
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.save_interval >= 0, "checkpoint.save_interval", "must be >= 0")
@@ -296,7 +299,9 @@ class RPOConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("offline", "online"), "mode", f"unsupported mode {self.mode!r} (offline or online)")
+        _check(
+            self.mode in ("offline", "online"), "mode", f"unsupported mode {self.mode!r} (offline or online)"
+        )
         steps = self.schedule.steps
         _check(steps is None or sum(steps) == self.trainer.max_steps, "schedule.steps",
                f"sums to {sum(steps or [])} but trainer.max_steps is {self.trainer.max_steps}")  # fmt: skip

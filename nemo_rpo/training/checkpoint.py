@@ -252,6 +252,8 @@ def load_checkpoint(
     model: ModelArg,
     optimizer: MegatronOptimizer | None,
     scheduler: OptimizerParamScheduler | None,
+    *,
+    restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint into this rank's model (and optimizer/scheduler when given); collective.
 
@@ -263,6 +265,8 @@ def load_checkpoint(
         model: the model chunk(s) of this rank, DDP-wrapped or not.
         optimizer: load optimizer state into it, or ``None`` for weights only (e.g. a reference model).
         scheduler: load the step count into it, or ``None``.
+        restore_rng: ``False`` leaves this process's generators alone (loading a second model, such as
+            a reward model, into a run that has its own RNG streams).
 
     Returns:
         The caller's ``extra`` dict, with ``"step"`` added from the completion marker.
@@ -293,9 +297,10 @@ def load_checkpoint(
 
     layout = _layout()
     rng_file = path / _RNG_DIR / f"rank_{torch.distributed.get_rank():05d}.pt"
-    if all(marker.get(k) == v for k, v in layout.items()) and rng_file.is_file():
+    same_layout = all(marker.get(k) == v for k, v in layout.items())
+    if restore_rng and same_layout and rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))
-    else:
+    elif restore_rng:
         logger.info("checkpoint layout %s differs from %s: RNG states not restored", marker, layout)
 
     extra = json.loads((path / _EXTRA).read_text(encoding="utf-8"))

@@ -50,9 +50,9 @@ def _run_schedule(model, microbatches: Sequence[PreferenceBatch], forward_step, 
     )
 
 
-def reduce_report(outputs: list) -> dict[str, float]:
+def reduce_report(outputs: list, keys: Sequence[str] = REPORT_KEYS) -> dict[str, float]:
     """Sum the per-micro-batch reports, then over data-parallel ranks; share from the last stage."""
-    total = torch.zeros(len(REPORT_KEYS), dtype=torch.float64)
+    total = torch.zeros(len(keys), dtype=torch.float64)
     for out in outputs:
         total += out["report"].to(torch.float64).cpu()
     if torch.distributed.is_initialized():
@@ -65,7 +65,7 @@ def reduce_report(outputs: list) -> dict[str, float]:
             group=parallel_state.get_pipeline_model_parallel_group(),
         )  # fmt: skip
         total = total.cpu()
-    return dict(zip(REPORT_KEYS, total.tolist()))
+    return dict(zip(keys, total.tolist()))
 
 
 def train_step(

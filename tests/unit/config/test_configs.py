@@ -40,6 +40,13 @@ def test_issue_command_line_composes():
     assert (cfg.trainer.max_steps, cfg.exp_dir, cfg.data.train_path) == (100, "runs/x", "train.jsonl")
 
 
+def test_online_iterative_command_line_composes():
+    cfg = load_config(["mode=online", "schedule.iterations=2", "schedule.beta=[0.1,0.05]", "generation.top_k=5",
+                       "reward.kind=http", "reward.url=http://127.0.0.1:9000"])  # fmt: skip
+    assert (cfg.mode, cfg.schedule.iterations, cfg.schedule.beta) == ("online", 2, [0.1, 0.05])
+    assert (cfg.generation.top_k, cfg.reward.kind, cfg.reward.url) == (5, "http", "http://127.0.0.1:9000")
+
+
 def test_nemo_aligner_alias():
     assert LossConfig(name="rpo_bwd_kl").name == "rpo_bwd"
 
@@ -54,6 +61,14 @@ def test_nemo_aligner_alias():
         ("loss=rpo_sq k=4", "use loss=rpo_sqloo"),
         ("loss.name=sigmoid", "unknown loss 'sigmoid'"),
         ("trainer.max_steps=abc", "trainer.max_steps"),
+        ("mode=offpolicy", "mode: unsupported mode 'offpolicy'"),
+        ("schedule.iterations=2 schedule.beta=[0.1]", "schedule.beta: needs one value per iteration"),
+        ("schedule.iterations=2 schedule.steps=[10,20]", "schedule.steps: sums to 30 but trainer.max_steps is 120"),
+        ("schedule.pairs=best_vs_random", "schedule.pairs: best_vs_random builds K=2 pairs"),
+        ("generation.top_p=0", "generation.top_p: must be in"),
+        ("reward.kind=http", "reward.url: required when kind=http"),
+        ("reward.kind=megatron", "reward.path: required when kind=megatron"),
+        ("online.sft_warmup_steps=-1", "online.sft_warmup_steps: must be >= 0"),
     ],
 )
 def test_bad_values_raise_clear_errors(override, message):

@@ -1,0 +1,157 @@
+"""Sampling from the Megatron policy: KV cache == full recompute, greedy == argmax, EOS, seeds, log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_rpo.config.schema import GenerationConfig
+from nemo_rpo.data.tokenizer import ByteTokenizer
+from nemo_rpo.generation import GenerationOutput, MegatronGenerator, ResponseGenerator, generate
+from nemo_rpo.generation.sampling import sampling_generator
+from nemo_rpo.models.logps import forward_token_logps
+
+# Three prompts of different lengths (bos first): rows are consumed at different positions.
+PROMPTS = [[257, 114, 101, 118, 10], [257, 115, 111, 114, 116, 58, 32, 51, 10], [257, 117, 10]]
+K = 3
+ATOL = 1e-5
+VOCAB, PAD, EOS = (
+    ByteTokenizer.vocab_size,
+    ByteTokenizer.pad_id,
+    ByteTokenizer.eos_id,
+)  # 259 (384 padded), 256, 258
+
+
+def run(policy, cfg: GenerationConfig, seed: int = 5, step: int = 0, eos_id: int = EOS) -> GenerationOutput:  # noqa: ANN001
+    return generate([policy], PROMPTS, cfg, num_samples=K, eos_id=eos_id, pad_id=PAD, vocab_size=VOCAB,
+                    generator=sampling_generator(seed, step))  # fmt: skip
+
+
+def full_logits(policy, tokens: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """``[N, T, V]`` logits of one ordinary (training-style, no cache) forward in eval mode."""
+    policy.eval()
+    with torch.no_grad():
+        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+        return policy(tokens, positions, None)
+
+
+def check_layout(out: GenerationOutput, max_new_tokens: int) -> None:
+    lengths = torch.tensor([len(p) for p in PROMPTS]).repeat_interleave(K)
+    assert torch.equal(out.prompt_lengths, lengths)
+    for row in range(out.tokens.shape[0]):
+        start, n = int(lengths[row]), int(out.response_lengths[row])
+        assert out.tokens[row, :start].tolist() == PROMPTS[row // K]
+        assert out.response_mask[row].tolist() == [0.0] * start + [1.0] * n + [0.0] * (
+            out.tokens.shape[1] - start - n
+        )
+        assert (out.tokens[row, start + n :] == PAD).all()
+        assert 1 <= n <= max_new_tokens
+        assert (out.logps[row, start : start + n] < 0).all() and (
+            out.logps[row][out.response_mask[row] == 0] == 0
+        ).all()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GenerationConfig(max_new_tokens=8),
+        GenerationConfig(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9),
+        GenerationConfig(max_new_tokens=8, temperature=0.0),
+    ],
+    ids=["plain", "filtered", "greedy"],
+)
+def test_kv_cache_matches_full_recompute(policy, cfg: GenerationConfig) -> None:  # noqa: ANN001
+    cached = run(policy, cfg)
+    cfg.use_kv_cache = False
+    recomputed = run(policy, cfg)
+    check_layout(cached, cfg.max_new_tokens)
+    assert torch.equal(cached.tokens, recomputed.tokens)
+    assert torch.equal(cached.response_mask, recomputed.response_mask)
+    torch.testing.assert_close(cached.logps, recomputed.logps, atol=ATOL, rtol=0)
+    # A policy this peaked repeats tokens, but sampling must not collapse every row to one sequence.
+    if cfg.temperature > 0:
+        assert len({tuple(row.tolist()) for row in cached.tokens}) > len(PROMPTS)
+
+
+def test_greedy_is_argmax_of_a_full_forward(policy) -> None:  # noqa: ANN001
+    out = run(policy, GenerationConfig(max_new_tokens=8, temperature=0.0))
+    logits = full_logits(policy, out.tokens)
+    predicted = logits[:, :-1, :VOCAB].argmax(dim=-1)  # predicted[:, t] is the token at t + 1
+    mask = out.response_mask[:, 1:].bool()
+    assert mask.sum() == out.response_lengths.sum() > 0
+    assert torch.equal(out.tokens[:, 1:][mask], predicted[mask])
+    # Every K greedy samples of a prompt are identical.
+    for b in range(len(PROMPTS)):
+        assert (out.tokens[b * K : (b + 1) * K] == out.tokens[b * K]).all()
+
+
+def test_logps_equal_a_teacher_forced_forward(policy) -> None:  # noqa: ANN001
+    out = run(policy, GenerationConfig(max_new_tokens=8, temperature=1.0))
+    labels = torch.cat([out.tokens[:, 1:], torch.full_like(out.tokens[:, :1], PAD)], dim=1)
+    policy.eval()
+    with torch.no_grad():
+        positions = torch.arange(out.tokens.shape[1]).expand_as(out.tokens)
+        teacher = forward_token_logps(
+            policy, out.tokens, positions, labels
+        )  # teacher[:, t] = log p(tokens[t+1])
+    mask = out.response_mask[:, 1:]
+    torch.testing.assert_close(out.logps[:, 1:], teacher[:, :-1] * mask, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.seq_logps(), (teacher[:, :-1] * mask).sum(1), atol=1e-4, rtol=0)
+
+
+def test_eos_stops_and_masks(policy) -> None:  # noqa: ANN001
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    free = run(policy, cfg)
+    row = 3  # prompt 1: pick its third greedy token as "eos"
+    start = len(PROMPTS[1])
+    eos = int(free.tokens[row, start + 2])
+    stopped = run(policy, cfg, eos_id=eos)
+    assert free.response_lengths.tolist() == [8] * (K * len(PROMPTS))  # no stop without the eos
+    for r in range(free.tokens.shape[0]):
+        p = int(free.prompt_lengths[r])
+        response = free.tokens[r, p : p + 8].tolist()
+        n = response.index(eos) + 1 if eos in response else 8
+        assert int(stopped.response_lengths[r]) == n
+        assert stopped.tokens[r, p : p + n].tolist() == response[:n]
+        assert (stopped.tokens[r, p + n :] == PAD).all() and stopped.response_mask[r, p + n :].sum() == 0
+    # Row 3 stops at its third token at the latest (earlier if it produced that token before).
+    assert (
+        int(stopped.response_lengths[row]) <= 3
+        and int(stopped.tokens[row, start + int(stopped.response_lengths[row]) - 1]) == eos
+    )
+    # The batch ends as soon as every row has stopped.
+    assert stopped.tokens.shape[1] == int((stopped.prompt_lengths + stopped.response_lengths).max())
+
+
+def test_seeded_reproducibility(policy) -> None:  # noqa: ANN001
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0)
+    first, again = run(policy, cfg, seed=3, step=1), run(policy, cfg, seed=3, step=1)
+    assert torch.equal(first.tokens, again.tokens) and torch.equal(first.logps, again.logps)
+    assert not torch.equal(first.tokens, run(policy, cfg, seed=3, step=2).tokens)
+
+
+def test_weights_in_place_and_train_mode_restored(policy) -> None:  # noqa: ANN001
+    policy.train()
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in policy.named_parameters()}
+    generator = MegatronGenerator([policy], GenerationConfig(max_new_tokens=4), eos_id=EOS, pad_id=PAD,
+                                  vocab_size=VOCAB)  # fmt: skip
+    assert isinstance(generator, ResponseGenerator)
+    out = generator.generate(PROMPTS[:1], 2, sampling_generator(0, 0))
+    assert out.tokens.shape == (2, len(PROMPTS[0]) + 4) and out.num_prompts == 1
+    assert len(out.response_ids()[0]) == int(out.response_lengths[0])
+    assert policy.training
+    for name, p in policy.named_parameters():
+        assert p.data_ptr() == before[name][0] and torch.equal(p, before[name][1]), name
+        assert p.grad is None
+
+
+def test_errors(policy) -> None:  # noqa: ANN001
+    kwargs = dict(num_samples=2, eos_id=EOS, pad_id=PAD, vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        generate(policy, [[1] * 30], GenerationConfig(max_new_tokens=8, temperature=0.0), **kwargs)
+    with pytest.raises(ValueError, match="torch.Generator"):
+        generate(policy, [[1, 2]], GenerationConfig(), **kwargs)
+    with pytest.raises(ValueError, match="outside"):
+        generate(policy, [[1, VOCAB]], GenerationConfig(temperature=0.0), **kwargs)
+    with pytest.raises(ValueError, match="one model chunk"):
+        generate([policy, policy], [[1, 2]], GenerationConfig(temperature=0.0), **kwargs)
