@@ -9,9 +9,14 @@ tokens (64 prompt + 192 response) of random token ids, and reports:
 * MFU against this machine's fp32 GEMM peak, measured here with large ``torch.matmul`` at the same
   thread count, using Megatron-LM's FLOPs convention (formula printed with the results);
 * the RPO/SFT step-time ratio, where SFT is the same model, optimizer and schedule with a loss_func
-  that returns the NLL summed over response tokens. RPO and SFT repetitions are interleaved in rounds
-  (alternating which goes first) so machine noise hits both alike;
+  that returns the NLL summed over response tokens;
+* a plain-PyTorch DPO step (``benchmarks/plain_dpo.py``: same shape, nn.Linear/RMSNorm/RoPE/SwiGLU/SDPA,
+  log_softmax+gather, precomputed reference, torch AdamW) and the megatron-RPO / plain-DPO speed ratio,
+  a machine-independent comparison with the notes' plain-loop row;
 * ratios against the published anchors (taken from the notes, not re-measured here).
+
+RPO, SFT and plain repetitions are interleaved in rounds (rotating which goes first) so machine noise
+hits all alike.
 
 Run (CPU, one process, a few minutes)::
 
@@ -19,7 +24,8 @@ Run (CPU, one process, a few minutes)::
     python benchmarks/bench_step.py --micro-batch-size 8 4 2 --json out.json
     python benchmarks/bench_step.py --profile 3                       # + torch.profiler table
 
-For the allocator comparison, launch the same command under jemalloc::
+``--tune-malloc`` makes glibc keep freed memory (``cpu_support.tune_glibc_malloc``) for the whole
+process, plain baseline included. For the allocator comparison, launch the same command under jemalloc::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
         MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python benchmarks/bench_step.py
@@ -46,6 +52,9 @@ from nemo_rpo.config.schema import LossConfig, ModelConfig, RPOConfig, TrainerCo
 from nemo_rpo.data.batch import PreferenceBatch, collate  # noqa: E402
 from nemo_rpo.data.preference import PreferenceExample  # noqa: E402
 from nemo_rpo.distributed.launch import init_distributed, set_num_threads  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_dpo import PlainShape, plain_step_fn  # noqa: E402
 
 # Published in shared/notes/performance-anchors.md (tokens/s, s/step); NOT re-measured by this script.
 ANCHORS = {
@@ -310,6 +319,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tied", action="store_true", help="tie embedding and LM head (anchors are untied)")
     parser.add_argument("--no-sft", action="store_true", help="skip the SFT comparison")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch DPO baseline")
+    parser.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="glibc keeps freed memory (cpu_support.tune_glibc_malloc); applies to every row of the run",
+    )
     parser.add_argument(
         "--profile",
         type=int,
@@ -327,6 +342,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=str, default=None, metavar="OUT")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
+    malloc_tuned = False
+    if args.tune_malloc:
+        from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
+
+        malloc_tuned = tune_glibc_malloc()
+        if not malloc_tuned:
+            print("--tune-malloc: not applied (no glibc, or a preloaded allocator)", flush=True)
 
     cfg = anchor_config(args, args.micro_batch_size[0])
     threads = set_num_threads(cfg.trainer.num_threads)
@@ -356,9 +378,20 @@ def main(argv: list[str] | None = None) -> dict:
     def lookup(batch: PreferenceBatch) -> torch.Tensor:
         return ref_logps[batch.index]
 
+    shape = PlainShape(
+        vocab_size=cfg.model.vocab_size,
+        hidden_size=cfg.model.hidden_size,
+        num_layers=cfg.model.num_layers,
+        num_heads=cfg.model.num_attention_heads,
+        ffn_hidden_size=cfg.model.ffn_hidden_size,
+        max_seq_len=seq,
+        rotary_base=cfg.model.rotary_base,
+        eps=cfg.model.layernorm_epsilon,
+    )
     results = {}
     for mbs in args.micro_batch_size:
         microbatches = make_microbatches(examples, mbs)
+        whole = make_microbatches(examples, len(examples))[0]
 
         def rpo(mb=microbatches):
             train_step(model, optimizer, scheduler, mb, lookup, cfg.loss)
@@ -367,9 +400,12 @@ def main(argv: list[str] | None = None) -> dict:
             sft_step(model, optimizer, scheduler, mb)
 
         kinds = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
+        if not args.no_plain:
+            kinds["plain"] = plain_step_fn(shape, whole.input_ids, whole.labels, whole.loss_mask, mbs)
         per_round: dict[str, list[list[float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
-            order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+            names = list(kinds)
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
             for kind in order:
                 per_round[kind].append(time_steps(kinds[kind], args.warmup, args.steps))
         res = {}
@@ -392,15 +428,23 @@ def main(argv: list[str] | None = None) -> dict:
             res["rpo_over_sft_per_round"] = [
                 a / b for a, b in zip(res["rpo"]["round_medians"], res["sft"]["round_medians"])
             ]
+        if "plain" in res:
+            res["rpo_over_plain_speed"] = res["plain"]["s_per_step"] / res["rpo"]["s_per_step"]
+            res["rpo_over_plain_speed_per_round"] = [
+                b / a for a, b in zip(res["rpo"]["round_medians"], res["plain"]["round_medians"])
+            ]
         results[mbs] = res
-        print(f"[mbs={mbs}] rpo {res['rpo']['s_per_step']:.3f} s/step" +
-              (f", sft {res['sft']['s_per_step']:.3f} s/step" if "sft" in res else ""), flush=True)  # fmt: skip
+        print(
+            f"[mbs={mbs}] " + ", ".join(f"{k} {res[k]['s_per_step']:.3f} s/step" for k in kinds), flush=True
+        )
 
     peak_after = gemm_peak()
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
 
     # ------------------------------------------------------------------ report
     allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+    if malloc_tuned:
+        allocator += " (tuned: M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"
     print()
     print(f"date {datetime.datetime.now().isoformat(timespec='seconds')}  host {platform.node()}  "
           f"torch {torch.__version__}  threads {threads}  allocator {allocator}"
@@ -423,12 +467,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    names = {
+        "rpo": "RPO rpo_bwd, cached ref (megatron)",
+        "sft": "SFT, same 16 seqs (megatron)",
+        "plain": "plain PyTorch DPO, cached ref",
+    }
     for mbs, res in results.items():
-        for kind in ("rpo", "sft"):
+        for kind in ("rpo", "sft", "plain"):
             if kind not in res:
                 continue
             r = res[kind]
-            name = "RPO rpo_bwd, cached ref (megatron)" if kind == "rpo" else "SFT, same 16 seqs (megatron)"
+            name = names[kind]
             rounds = ", ".join(f"{x:.3f}" for x in r["round_medians"])
             print(f"| {name:<34} | {mbs:>3} | {r['s_per_step']:>6.3f} | {r['tokens_per_s']:>8,.0f} | "
                   f"{r['gflops']:>7.1f} | {100 * r['gflops'] / peak:>5.1f}% | "
@@ -438,13 +487,18 @@ def main(argv: list[str] | None = None) -> dict:
         if "rpo_over_sft" in res:
             per = ", ".join(f"{x:.3f}" for x in res["rpo_over_sft_per_round"])
             print(f"mbs {mbs}: RPO/SFT step-time ratio {res['rpo_over_sft']:.3f} (per round: {per})")
+        if "rpo_over_plain_speed" in res:
+            per = ", ".join(f"{x:.3f}" for x in res["rpo_over_plain_speed_per_round"])
+            print(f"mbs {mbs}: megatron RPO / plain DPO speed (tokens/s) {res['rpo_over_plain_speed']:.3f} "
+                  f"(per round: {per}); x 3,120 (notes' plain row) = "
+                  f"{res['rpo_over_plain_speed'] * 3120:,.0f} tokens/s-equivalent")  # fmt: skip
     print()
     print(
         "| run | mbs | min s/step | CPU s/step (2 threads) | CPU/wall | minor page faults/step | invol. ctx sw/step |"
     )
     print("|---|---|---|---|---|---|---|")
     for mbs, res in results.items():
-        for kind in ("rpo", "sft"):
+        for kind in ("rpo", "sft", "plain"):
             if kind in res:
                 r = res[kind]
                 print(f"| {kind.upper()} | {mbs} | {r['min_s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} | "
@@ -456,7 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"fastest micro-batch size for RPO: {best} ({best_tps:,.0f} tokens/s)")
     print("anchor figures (TRL 1,618 and plain PyTorch 3,120 tokens/s, precomputed reference) are the published "
           "numbers from shared/notes/performance-anchors.md, measured earlier on this machine kind; not re-measured "
-          "here — compare ratios with care (machine noise ±10%).")  # fmt: skip
+          "here — compare ratios with care (machine noise ±10%). The 'plain PyTorch DPO' row above IS measured here, "
+          "in the same rounds and process (benchmarks/plain_dpo.py).")  # fmt: skip
     target = 2 * TRL_PRECOMPUTED
     ok_speed = best_tps >= target
     ratio = results[best].get("rpo_over_sft")
@@ -464,6 +519,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"targets: RPO >= {target:,.0f} tokens/s: {'MET' if ok_speed else 'NOT MET'}"
           f" ({best_tps:,.0f}); RPO/SFT <= 1.10: "
           f"{'n/a' if ratio is None else ('MET' if ok_ratio else 'NOT MET') + f' ({ratio:.3f})'}")  # fmt: skip
+    vs_plain = results[best].get("rpo_over_plain_speed")
+    if vs_plain is not None:
+        # The notes put plain DPO at 1.93x TRL on the same machine kind; 2x TRL = 1.037x plain.
+        need = 2 * TRL_PRECOMPUTED / ANCHORS["plain PyTorch DPO, precomputed ref (notes)"]
+        print(
+            f"same-run proxy: megatron RPO / plain DPO = {vs_plain:.3f}; 2x TRL corresponds to "
+            f"{need:.3f}x plain by the notes' ratio ({'MET' if vs_plain >= need else 'NOT MET'})"
+        )
 
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -471,6 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "threads": threads,
         "allocator": allocator,
+        "malloc_tuned": malloc_tuned,
         "malloc_conf": os.environ.get("MALLOC_CONF"),
         "params": n_params,
         "n_matmul": n_matmul,

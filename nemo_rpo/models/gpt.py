@@ -23,8 +23,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
+from nemo_rpo.models.logps import vocab_parallel_nll
+from nemo_rpo.models.rope import install_rope
 
 __all__ = [
+    "PolicyGPTModel",
     "build_gpt_model",
     "build_transformer_config",
     "layer_spec",
@@ -35,6 +38,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PolicyGPTModel(GPTModel):
+    """megatron's ``GPTModel`` whose per-token loss (``forward(..., labels=...)``) goes through
+    :func:`~nemo_rpo.models.logps.vocab_parallel_nll`: the same numbers, fewer passes over the logits
+    at TP=1. Fused cross-entropy settings (TE / native) keep megatron's implementation.
+    """
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.config.cross_entropy_loss_fusion:
+            return super().compute_language_model_loss(labels, logits)
+        # logits [s, b, V/tp], labels [b, s] -> per-token NLL [b, s]
+        return vocab_parallel_nll(logits, labels.t()).t().contiguous()
 
 
 def padded_vocab_size(vocab_size: int, model: ModelConfig, parallel: ParallelConfig) -> int:
@@ -156,8 +172,11 @@ def build_gpt_model(
         init_seed: re-draw every weight matrix with :func:`~nemo_rpo.models.init.layout_invariant_init_`
             so that the model is the same at every TP/PP layout; ``None`` keeps megatron's per-rank init.
 
+    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` (same numbers,
+    fewer copies), process-wide.
+
     Returns:
-        A ``GPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
+        A ``PolicyGPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
         last pipeline stage and hidden states ``[s, b, h]`` on the others.
     """
     if parallel_state.get_tensor_model_parallel_world_size() != parallel.tp or (
@@ -167,7 +186,8 @@ def build_gpt_model(
             "parallel: the model-parallel groups do not match parallel.tp/pp; call init_distributed first"
         )
     config = build_transformer_config(model, parallel)
-    gpt = GPTModel(
+    install_rope()
+    gpt = PolicyGPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),
         vocab_size=padded_vocab_size(vocab_size, model, parallel),
@@ -180,6 +200,10 @@ def build_gpt_model(
         rotary_percent=model.rotary_percent,
         rotary_base=model.rotary_base,
     )
+    if torch.cuda.is_available():
+        # Megatron builds its linear layers on the GPU, but torch norms (local spec) on the CPU; move
+        # the whole stage, as Megatron-LM's get_model does.
+        gpt.cuda(torch.cuda.current_device())
     if init_seed is not None:
         layout_invariant_init_(gpt, config, init_seed)
     return gpt

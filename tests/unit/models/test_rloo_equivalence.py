@@ -27,8 +27,12 @@ def _samples(gen: torch.Generator) -> list[PreferenceExample]:
         return torch.randint(0, VOCAB, (n,), generator=gen).tolist()
 
     return [
-        PreferenceExample(index=b, prompt_ids=ids(5), response_ids=[ids(3 + (b + k) % 4) for k in range(K)],
-                          rewards=torch.rand(K, generator=gen).tolist())  # fmt: skip
+        PreferenceExample(
+            index=b,
+            prompt_ids=ids(5),
+            response_ids=[ids(3 + (b + k) % 4) for k in range(K)],
+            rewards=torch.rand(K, generator=gen).tolist(),
+        )  # fmt: skip
         for b in range(B)
     ]
 

@@ -1,0 +1,106 @@
+"""The two-pass RoPE and the TP=1 log-softmax NLL compute megatron's numbers, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.common.embeddings import rope_utils
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import attention
+
+from nemo_rpo.config.schema import ParallelConfig
+from nemo_rpo.distributed.launch import ParallelInfo
+from nemo_rpo.models.gpt import build_gpt_model, build_transformer_config
+from nemo_rpo.models.logps import token_logps, vocab_parallel_nll
+from nemo_rpo.models.rope import apply_rotary_pos_emb, rotate
+
+
+def _freqs(s: int, rot: int) -> torch.Tensor:
+    inv = 1.0 / 10000 ** (torch.arange(0, rot, 2).float() / rot)
+    f = torch.outer(torch.arange(s).float(), inv)
+    return torch.cat((f, f), dim=-1)[:, None, None, :]  # megatron's [s, 1, 1, rot] layout
+
+
+@pytest.mark.parametrize(("rot", "mscale"), [(16, 1.0), (8, 1.0), (16, 0.7)])
+def test_rotate_matches_megatron(rot: int, mscale: float) -> None:
+    """Full and partial rotary dims, a yarn-style mscale, and a strided input (q split from fused QKV)."""
+    s, b, n, d = 6, 3, 2, 16
+    gen = torch.Generator().manual_seed(0)
+    mixed = torch.randn(s, b, n, 3 * d, generator=gen)
+    freqs = _freqs(s, rot)
+    grad_out = torch.randn(s, b, n, d, generator=gen)
+    results = []
+    for fn in (lambda t: rope_utils._apply_rotary_pos_emb_bshd(t, freqs, mscale=mscale),
+               lambda t: rotate(t, freqs, mscale)):  # fmt: skip
+        leaf = mixed.clone().requires_grad_()
+        q = leaf[..., d : 2 * d]  # a non-contiguous view, as megatron's split gives
+        out = fn(q)
+        (grad,) = torch.autograd.grad(out, leaf, grad_out)
+        results.append((out, grad))
+    (want, want_grad), (got, got_grad) = results
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-6)
+
+
+def test_apply_rotary_pos_emb_falls_back_for_interleaved(world1: ParallelInfo, tiny_config) -> None:
+    config = build_transformer_config(tiny_config(), ParallelConfig())
+    config.rotary_interleaved = True
+    t = torch.randn(5, 2, 2, 8)
+    freqs = torch.randn(5, 1, 1, 8)
+    want = rope_utils.apply_rotary_pos_emb(t, freqs, config)
+    torch.testing.assert_close(apply_rotary_pos_emb(t, freqs, config), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nll_matches_vocab_parallel_cross_entropy(world1: ParallelInfo, dtype: torch.dtype) -> None:
+    s, b, v = 7, 3, 50
+    gen = torch.Generator().manual_seed(2)
+    base = (4 * torch.randn(s, b, v, generator=gen)).to(dtype)
+    labels = torch.randint(0, v, (s, b), generator=gen)
+    grad_out = torch.randn(s, b, generator=gen)
+    results = []
+    for fn in (tensor_parallel.vocab_parallel_cross_entropy, vocab_parallel_nll):
+        leaf = base.clone().requires_grad_()
+        nll = fn(leaf * 1, labels)  # * 1: both overwrite their input, which must not be a leaf
+        (grad,) = torch.autograd.grad(nll, leaf, grad_out)
+        results.append((nll, grad))
+    (want, want_grad), (got, got_grad) = results
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got_grad.float(), want_grad.float(), atol=tol, rtol=tol)
+
+
+def test_nll_out_of_range_label_keeps_megatron_semantics(world1: ParallelInfo) -> None:
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([1, 12, 3, 0])  # 12 is outside the vocabulary: megatron gives logsumexp
+    want = tensor_parallel.vocab_parallel_cross_entropy(logits.clone(), labels)
+    torch.testing.assert_close(vocab_parallel_nll(logits.clone(), labels), want)
+    torch.testing.assert_close(token_logps(logits, torch.tensor([1, -100, 3, 0]))[1], torch.tensor(0.0))
+
+
+def test_policy_model_equals_megatron_paths(world1: ParallelInfo, tiny_config, monkeypatch) -> None:
+    """Whole model: loss and every weight gradient equal megatron's RoPE + cross-entropy."""
+    cfg = tiny_config(transformer_impl="local", untie_embeddings_and_output_weights=True)
+    model = build_gpt_model(cfg, ParallelConfig(), 100, init_seed=3)
+    gen = torch.Generator().manual_seed(4)
+    b, s = 2, cfg.max_seq_len
+    ids = torch.randint(0, 100, (b, s), generator=gen)
+    labels = torch.randint(0, 100, (b, s), generator=gen)
+    pos = torch.arange(s).expand(b, s)
+    weight = torch.rand(b, s, generator=gen)
+
+    def run():
+        model.zero_grad()
+        nll = model(ids, pos, None, labels=labels)
+        (nll * weight).sum().backward()
+        return nll.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    got, got_grads = run()
+    monkeypatch.setattr(attention, "apply_rotary_pos_emb", rope_utils.apply_rotary_pos_emb)
+    monkeypatch.setattr(type(model), "compute_language_model_loss", GPTModel.compute_language_model_loss)
+    want, want_grads = run()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
