@@ -37,6 +37,7 @@ setup(
             "nemo-rpo-train-rm=nemo_rpo.cli.train_rm:main",
             "nemo-rpo-loss-demo=nemo_rpo.cli.loss_demo:main",
             "nemo-rpo-plot=nemo_rpo.cli.plot:main",
+            "nemo-rpo-testbed=nemo_rpo.cli.testbed:main",
         ],
     },
 )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from nemo_rpo.data.batch import PreferenceBatch, collate
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.distributed.launch import ParallelInfo
-from nemo_rpo.training.checkpoint import find_latest_checkpoint, load_checkpoint
+from nemo_rpo.training.checkpoint import checkpoint_layout, find_latest_checkpoint, load_checkpoint
+from nemo_rpo.training.step import NonFiniteStepsError, StepResult
 
 
 @dataclass
@@ -56,28 +58,46 @@ def iteration_at(plan: Sequence[Iteration], step: int) -> Iteration:
 
 
 def microbatches(
-    examples: Sequence[PreferenceExample], micro_batch_size: int, pad_id: int, device, *, fill: bool = False
+    examples: Sequence[PreferenceExample],
+    micro_batch_size: int,
+    pad_id: int,
+    device,
+    *,
+    fill: bool = False,
+    width: int | None = None,
 ) -> list[PreferenceBatch]:
     """This rank's prompts for a step as micro-batches padded to one width (pipeline p2p needs it).
 
     ``fill=True`` (forward-only passes, where a repeated row changes nothing) repeats the last example
-    until the count divides ``micro_batch_size``; training batches must divide it exactly.
+    until the count divides ``micro_batch_size``; training batches must divide it exactly. ``width``
+    fixes the padded length (online batches: the same shape every step, so CPU kernels are not
+    re-planned for each new length).
     """
     if fill and len(examples) % micro_batch_size:
         examples = list(examples) + [examples[-1]] * (micro_batch_size - len(examples) % micro_batch_size)
     longest = max(
         len(ex.prompt_ids) + max(map(len, ex.response_ids + [ex.kl_response_ids or []])) for ex in examples
     )
-    width = -(-longest // 8) * 8
+    width = max(width or 0, -(-longest // 8) * 8)
     chunks = split_micro_batches(list(range(len(examples))), micro_batch_size)
     return [collate([examples[i] for i in chunk], pad_id, pad_to=width).to(device) for chunk in chunks]
 
 
-def table_lookup(table: torch.Tensor | None):
-    """``ref_lookup`` for train_step: rows of a ``[N, R]`` log-prob table by each batch's ``index``."""
+def table_lookup(
+    table: torch.Tensor | None, step: int | None = None
+) -> Callable[[PreferenceBatch], torch.Tensor | None]:
+    """``ref_lookup`` for train_step: rows of a ``[N, R]`` log-prob table by each batch's ``index``.
+
+    Test hook: ``NEMO_RPO_TEST_NAN_AT=3,4`` makes the reference log-probs NaN at those (1-based) ``step``
+    values, so the loss and gradients of those steps are NaN (losses that use a reference only).
+    """
+    poisoned = step is not None and str(step) in os.environ.get("NEMO_RPO_TEST_NAN_AT", "").split(",")
 
     def lookup(batch: PreferenceBatch) -> torch.Tensor | None:
-        return None if table is None else table[batch.index.cpu()].to(batch.input_ids.device)
+        if table is None:
+            return None
+        rows = table[batch.index.cpu()].to(batch.input_ids.device)
+        return torch.full_like(rows, float("nan")) if poisoned else rows
 
     return lookup
 
@@ -97,14 +117,49 @@ def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo) -> None:
 
 
 def maybe_resume(cfg: RPOConfig, model, optimizer, scheduler, info: ParallelInfo) -> dict:
-    """Load the latest checkpoint of ``exp_dir`` (weights, optimizer, scheduler, RNG); ``{}`` if none."""
+    """Load the latest checkpoint of ``exp_dir`` (weights, optimizer, scheduler, RNG); ``{}`` if none.
+
+    Says so in one line, with the layout change when the checkpoint was saved with another TP/PP/DP.
+    """
     path = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
     if path is None:
         return {}
     extra = load_checkpoint(path, model, optimizer, scheduler)
     if info.rank == 0:
-        print(f"resumed from {path} at step {extra['step']}", flush=True)
+        saved, now = checkpoint_layout(path), {"tp": info.tp_size, "pp": info.pp_size, "dp": info.dp_size}
+        resharded = ""
+        if any(saved.get(k, v) != v for k, v in now.items()):
+            resharded = (
+                " (resharded: " + ", ".join(f"{k} {saved.get(k, v)}->{v}" for k, v in now.items()) + ")"
+            )
+        print(f"resumed from {path} at step {extra['step']}{resharded}", flush=True)
     return extra
+
+
+def count_skipped(result: StepResult, skipped: int, step: int, limit: int) -> int:
+    """Add a non-finite step to the run's count; stop the run once it exceeds ``limit``.
+
+    Args:
+        result: the step's result (its update was not applied when ``non_finite``).
+        skipped: steps skipped so far in this run (restored from the checkpoint on resume).
+        step: the 1-based step just taken, for the message.
+        limit: ``trainer.max_skipped_steps``.
+
+    Returns:
+        The new count.
+
+    Raises:
+        NonFiniteStepsError: more than ``limit`` steps were skipped; raised before the caller can save.
+    """
+    if not result.non_finite:
+        return skipped
+    skipped += 1
+    if skipped > limit:
+        raise NonFiniteStepsError(
+            f"trainer.max_skipped_steps: {skipped} steps had a non-finite loss or gradient norm (the last "
+            f"at step {step}), more than the limit of {limit}; stopped before saving a checkpoint"
+        )
+    return skipped
 
 
 def should_save(cfg: RPOConfig, step: int) -> bool:

@@ -25,6 +25,7 @@ from megatron.core import parallel_state
 from nemo_rpo.algorithms.common import (
     Iteration,
     RunSummary,
+    count_skipped,
     emit,
     init_weights_from,
     iteration_plan,
@@ -59,10 +60,14 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     save_resolved_config(cfg, info)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     dataset = _load_dataset(cfg, tokenizer, info, cfg.data.train_path)
+    _sampler(cfg, dataset, info, 0)  # a dataset smaller than one global batch fails before any write
     model, optimizer, scheduler = build_policy(cfg, tokenizer.vocab_size)
     init_weights_from(cfg, model, info)  # e.g. the SFT policy; it is also the reference
-    ref_logps = _reference_logps(cfg, model, dataset, tokenizer.pad_id, info, cfg.exp_dir)  # initial weights
-    start = int(maybe_resume(cfg, model, optimizer, scheduler, info).get("step", 0))
+    # Resume before the reference pass: a checkpoint of another model shape fails here, and a resumed
+    # run reads the reference cache written at the initial weights (it is never recomputed).
+    resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
+    start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
+    ref_logps = _reference_logps(cfg, model, dataset, tokenizer.pad_id, info, cfg.exp_dir, resumed=start > 0)
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     progress = progress_bar(cfg, info, start)
@@ -74,17 +79,19 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
             dataset, ref_logps = _regenerate(
                 cfg, it, model, tokenizer, dataset, info, resumed=start > it.start
             )
-        sampler = GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                     seed=cfg.trainer.seed + it.index, shuffle=cfg.data.shuffle,
-                                     source=dataset.path)  # fmt: skip
+        sampler = _sampler(cfg, dataset, info, it.index)
         for step in range(max(start, it.start), it.end):
             tick = time.perf_counter()
             examples = [dataset[i] for i in sampler.indices_for_step(step - it.start)]
             micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device)
-            result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
+            result = train_step(
+                model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss
+            )
+            skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
             metrics = step_metrics(
                 step + 1, result.report, result.grad_norm, result.lr, time.perf_counter() - tick
             )
+            metrics["skipped_steps"] = skipped
             if cfg.schedule.iterations > 1:
                 metrics["iteration"] = it.index
             first, last = first or metrics, metrics
@@ -95,11 +102,19 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
                 progress.update(1)
             if should_save(cfg, step + 1) or (step + 1 == it.end and cfg.schedule.iterations > 1):
                 save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
-                                {"step": step + 1, "iteration": it.index}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
+                                {"step": step + 1, "iteration": it.index, "skipped_steps": skipped},
+                                keep_last=cfg.checkpoint.keep_last)  # fmt: skip
     logger.close()
     if progress is not None:
         progress.close()
     return RunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
+
+
+def _sampler(
+    cfg: RPOConfig, dataset: PreferenceDataset, info: ParallelInfo, iteration: int
+) -> GlobalBatchSampler:
+    return GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
+                              seed=cfg.trainer.seed + iteration, shuffle=cfg.data.shuffle, source=dataset.path)  # fmt: skip
 
 
 def _load_dataset(

@@ -20,6 +20,7 @@ from megatron.core import parallel_state
 
 from nemo_rpo.algorithms.common import (
     RunSummary,
+    count_skipped,
     emit,
     init_weights_from,
     iteration_at,
@@ -42,7 +43,7 @@ from nemo_rpo.generation import MegatronGenerator, sampling_generator
 from nemo_rpo.losses import PRESETS
 from nemo_rpo.rewards import build_reward_model
 from nemo_rpo.training.builder import build_policy_model, save_resolved_config
-from nemo_rpo.training.checkpoint import save_checkpoint
+from nemo_rpo.training.checkpoint import find_latest_checkpoint, save_checkpoint
 from nemo_rpo.training.frozen import FrozenReference
 from nemo_rpo.training.logger import MetricsLogger, console_line, step_metrics
 from nemo_rpo.training.optimizer import build_optimizer
@@ -59,6 +60,9 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     save_resolved_config(cfg, info)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     prompts = _load_prompts(cfg, tokenizer, info)
+    sampler = GlobalBatchSampler(len(prompts), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
+                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle,
+                                 source=_prompts_source(cfg))  # fmt: skip
     model = build_policy_model(cfg, tokenizer.vocab_size)
     init_weights_from(cfg, model, info)  # the SFT policy
     _sft_warmup(cfg, model, tokenizer, info)
@@ -68,10 +72,10 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     reward_model = build_reward_model(cfg.reward)
     generator = MegatronGenerator(model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                   vocab_size=tokenizer.vocab_size)  # fmt: skip
-    sampler = GlobalBatchSampler(len(prompts), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source="prompts")  # fmt: skip
     plan = iteration_plan(cfg)
-    start = int(maybe_resume(cfg, model, optimizer, scheduler, info).get("step", 0))
+    width = -(-(max(len(p.ids) for p in prompts) + cfg.generation.max_new_tokens) // 8) * 8
+    resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
+    start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
     ref_root = Path(cfg.exp_dir) / "reference"
     if start > iteration_at(plan, min(start, cfg.trainer.max_steps - 1)).start:
         reference.load(ref_root)  # resumed mid-iteration: that iteration's reference
@@ -89,13 +93,16 @@ def train_online(cfg: RPOConfig) -> RunSummary:
         draws = sampling_generator(cfg.trainer.seed + 7919 * info.dp_rank, step)
         first_row = info.dp_rank * len(local)
         batch, gen_s, score_s = rollout(generator, reward_model, tokenizer, local, cfg.k, draws, first_row)
-        micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device)
+        micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
+                             width=width)  # fmt: skip
         ref_tick = time.perf_counter()
         ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
         train_tick = time.perf_counter()
-        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
+        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss)
+        skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
         done = time.perf_counter()
         metrics = step_metrics(step + 1, result.report, result.grad_norm, result.lr, done - tick)
+        metrics["skipped_steps"] = skipped
         metrics.update(_online_metrics(batch, ref_logps, first_row, info))
         metrics.update(iteration=it.index, time_generate_s=gen_s, time_score_s=score_s,
                        time_reference_s=train_tick - ref_tick, time_train_s=done - train_tick)  # fmt: skip
@@ -111,7 +118,8 @@ def train_online(cfg: RPOConfig) -> RunSummary:
             progress.update(1)
         if should_save(cfg, step + 1) or step + 1 == it.end:
             save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
-                            {"step": step + 1, "iteration": it.index}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
+                            {"step": step + 1, "iteration": it.index, "skipped_steps": skipped},
+                            keep_last=cfg.checkpoint.keep_last)  # fmt: skip
     logger.close()
     if progress is not None:
         progress.close()
@@ -120,6 +128,11 @@ def train_online(cfg: RPOConfig) -> RunSummary:
 
 def _uses_ref(cfg: RPOConfig) -> bool:
     return PRESETS[cfg.loss.name].uses_reference
+
+
+def _prompts_source(cfg: RPOConfig) -> str:
+    """The prompt set's file, named in errors (``<embedded synthetic task>`` for the default)."""
+    return cfg.data.prompts_path or cfg.data.train_path or "<embedded synthetic task>"
 
 
 def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]:
@@ -151,7 +164,7 @@ def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
     )
     steps = cfg.online.sft_warmup_steps
     steps = (EMBEDDED_SFT_WARMUP if embedded else 0) if steps is None else steps
-    if steps == 0 or (Path(cfg.exp_dir) / "checkpoints" / "latest").exists():
+    if steps == 0 or (cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None):
         return  # nothing to do, or the warm-up is already in the checkpoint we resume from
     if cfg.data.train_path is None:
         path = Path(cfg.exp_dir) / "data" / "synthetic_sft.jsonl"

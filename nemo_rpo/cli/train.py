@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=4 -m nemo_rpo.train parallel.tp=2 parallel.pp=2
     nemo-rpo-train --multirun loss=rpo_bwd,rpo_sqloo hydra/launcher=submitit_slurm ...   # Hydra sweeps
 
-Errors in the config or the data exit with status 2 and one line ``error: ...``; ``debug=true`` (or
+Errors in the config, the data or a checkpoint, and a run stopped for too many non-finite steps
+(``trainer.max_skipped_steps``), exit with status 2 and one line ``error: ...``; ``debug=true`` (or
 ``NEMO_RPO_DEBUG=1``) shows the full traceback instead.
 """
 
@@ -57,18 +58,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _is_input_error(exc: BaseException) -> bool:
+    """Errors every rank raises alike (so rank 0 alone reports them)."""
+    return _is_located(exc) or type(exc).__module__.startswith(("hydra", "omegaconf", "nemo_rpo.config"))
+
+
+def _is_located(exc: BaseException) -> bool:
+    """Errors whose message already says where and what: printed as they are."""
     from nemo_rpo.data.errors import DataError
 
-    return isinstance(exc, DataError) or type(exc).__module__.startswith(
-        ("hydra", "omegaconf", "nemo_rpo.config")
-    )
+    if isinstance(exc, DataError):
+        return True
+    if "nemo_rpo.training.step" in sys.modules:  # imported only once training has started
+        from nemo_rpo.training.step import NonFiniteStepsError
+
+        return isinstance(exc, NonFiniteStepsError)
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
     from nemo_rpo.config.store import describe_error
-    from nemo_rpo.data.errors import DataError
 
-    if isinstance(exc, DataError):
+    if _is_located(exc):
         return str(exc)
     module = type(exc).__module__
     if module.startswith(("hydra", "omegaconf")) or type(exc).__name__ == "ConfigError":

@@ -211,9 +211,16 @@ class TrainerConfig:
     log_interval: int = 1
     seed: int = 1234
     num_threads: Optional[int] = None  # CPU intra-op threads; None = torch's default
+    # steps with a NaN/inf loss or gradient are skipped (no update); more than this many stop the run
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "trainer.max_steps", "must be >= 1")
+        _check(
+            self.max_skipped_steps >= 0,
+            "trainer.max_skipped_steps",
+            f"must be >= 0, got {self.max_skipped_steps}",
+        )
         _check(self.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1")
         _check(self.global_batch_size >= self.micro_batch_size, "trainer.global_batch_size",
                "must be >= micro_batch_size")  # fmt: skip
@@ -340,8 +347,8 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    # 16 covers the bundled synthetic task (answers of at most 11 characters, plus eos).
-    max_new_tokens: int = 16
+    # 12 fits the bundled synthetic task exactly (answers of at most 11 characters, plus eos).
+    max_new_tokens: int = 12
     # KV cache through megatron's StaticInferenceContext; False re-runs the whole prefix every step.
     use_kv_cache: bool = True
 

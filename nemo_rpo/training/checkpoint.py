@@ -8,17 +8,29 @@ Layout of one checkpoint::
             metadata.json, *.distcp, common.pt   # megatron torch_dist: model, optimizer, scheduler
             extra.json              # the caller's JSON extras (data position, ...), written by rank 0
             rng/rank_00000.pt ...   # python/numpy/torch/megatron-tracker RNG, one file per rank
-            COMPLETE                # completion marker (JSON: step, layout)
+            COMPLETE                # completion marker (JSON: step, layout, model shape, file manifest)
 
 A save goes to ``.tmp_step_00000010`` and is renamed once every rank has finished, then ``latest`` is
 replaced; a directory without ``COMPLETE`` is never picked, so a crash mid-save leaves the previous
-checkpoint in charge. Tensors are saved in megatron's layout-independent form (the distributed
-optimizer in its ``fully_reshardable`` format), so a checkpoint written with one TP/PP/DP layout loads
-into another. RNG states are restored only into the same layout (per-rank streams do not map across).
+checkpoint in charge. ``COMPLETE`` lists every file with its size, and a SHA-256 of each file up to
+1 MiB (the index files: megatron's ``.metadata``, ``common.pt``, ``extra.json``, the RNG files; large
+tensor files are checked by size only, to keep finding a checkpoint cheap); a directory that does not
+match its manifest is torn and is skipped with a warning. Directories are deleted by renaming them to
+``.trash_*`` first, so a crash mid-delete cannot leave a half-deleted checkpoint that looks complete.
+
+The marker also records the model's shape; loading into a model of another shape fails before any
+tensor is read, with ``<ckpt dir>: model: checkpoint has hidden_size 64, config has 128``. Tensors are
+saved in megatron's layout-independent form (the distributed optimizer in its ``fully_reshardable``
+format), so a checkpoint written with one TP/PP/DP layout loads into another. RNG states are restored
+only into the same layout (per-rank streams do not map across).
+
+Test hook: ``NEMO_RPO_TEST_KILL_AT=save:<step>`` makes rank 0 ``os._exit(137)`` while saving ``step``,
+after the temporary directory is complete and before it is renamed (what a SIGKILL there would do).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,16 +48,28 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.utils import unwrap_model
 
-__all__ = ["checkpoint_dir", "find_latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from nemo_rpo.data.errors import DataError
+
+__all__ = [
+    "checkpoint_dir", "checkpoint_layout", "find_checkpoint_problem", "find_latest_checkpoint",
+    "load_checkpoint", "save_checkpoint",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = "step_"
 _TMP_PREFIX = ".tmp_step_"
+_TRASH_PREFIX = ".trash_"
 _COMPLETE = "COMPLETE"
 _LATEST = "latest"
 _EXTRA = "extra.json"
 _RNG_DIR = "rng"
+_HASHED_MAX_BYTES = 1 << 20  # files up to this size get a SHA-256 in the manifest: the index files
+_LAYOUT_KEYS = ("tp", "pp", "dp")
+# Fields that fix the parameters' shapes: a checkpoint loads only into a model that agrees on all of them.
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                 "kv_channels", "gated_linear_unit", "normalization", "add_bias_linear", "add_qkv_bias")  # fmt: skip
+_MODEL_FIELDS = ("vocab_size", "position_embedding_type", "share_embeddings_and_output_weights")
 
 ModelArg = torch.nn.Module | Sequence[torch.nn.Module]
 
@@ -91,6 +115,22 @@ def _layout() -> dict[str, int]:
         "pp": parallel_state.get_pipeline_model_parallel_world_size(),
         "dp": parallel_state.get_data_parallel_world_size(),
     }
+
+
+def _model_shape(chunks: list[torch.nn.Module]) -> dict[str, Any]:
+    """The shape-defining settings of the model, the same on every rank and layout (JSON values)."""
+    if not chunks:
+        return {}
+    chunk = chunks[0]
+    shape: dict[str, Any] = {}
+    config = getattr(chunk, "config", None)
+    for name in _SHAPE_FIELDS:
+        if hasattr(config, name):
+            shape[name] = getattr(config, name)
+    for name in _MODEL_FIELDS:
+        if hasattr(chunk, name):
+            shape[name] = getattr(chunk, name)
+    return {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in shape.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,17 +189,90 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": bytes, "sha256": hex (small files only)}}`` of every file but the marker."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel == _COMPLETE:
+            continue
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if entry["size"] <= _HASHED_MAX_BYTES:
+            entry["sha256"] = _sha256(path)
+        files[rel] = entry
+    return files
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((path / _COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def find_checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete, intact checkpoint; ``None`` when it is.
+
+    Checks the ``COMPLETE`` marker and every file of its manifest (size, and SHA-256 where recorded).
+    """
+    path = Path(path)
+    if not (path / _COMPLETE).is_file():
+        return f"no {_COMPLETE} marker (an interrupted save)"
+    marker = _read_marker(path)
+    if marker is None or not isinstance(marker.get("files"), dict):
+        return f"unreadable {_COMPLETE} marker"
+    for rel, entry in marker["files"].items():
+        file = path / rel
+        if not file.is_file():
+            return f"{rel} is missing"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{rel} has {size} bytes, the manifest says {entry['size']}"
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            return f"{rel} does not match its SHA-256 in {_COMPLETE}"
+    return None
+
+
+def checkpoint_layout(path: str | os.PathLike) -> dict[str, int]:
+    """The TP/PP/DP sizes (and world size) a checkpoint was saved with, from its marker."""
+    marker = _read_marker(Path(path)) or {}
+    return {k: marker[k] for k in ("world_size", *_LAYOUT_KEYS) if k in marker}
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
     found = []
     if root.is_dir():
         for path in root.iterdir():
-            if (
-                path.name.startswith(_PREFIX)
-                and path.name[len(_PREFIX) :].isdigit()
-                and (path / _COMPLETE).is_file()
-            ):
+            if path.name.startswith(_PREFIX) and path.name[len(_PREFIX) :].isdigit() and path.is_dir():
                 found.append((int(path.name[len(_PREFIX) :]), path))
     return sorted(found)
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    return [(step, path) for step, path in _step_dirs(root) if (path / _COMPLETE).is_file()]
+
+
+def _remove(path: Path) -> None:
+    """Rename out of the way (atomic), then delete: a crash mid-delete leaves only a ``.trash_*`` dir."""
+    trash = path.with_name(f"{_TRASH_PREFIX}{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _test_kill_hook(step: int) -> None:
+    """``NEMO_RPO_TEST_KILL_AT=save:<step>``: die like a SIGKILL mid-save (tests of exact resume only)."""
+    if os.environ.get("NEMO_RPO_TEST_KILL_AT") == f"save:{step}":
+        os._exit(137)
 
 
 def save_checkpoint(
@@ -194,11 +307,13 @@ def save_checkpoint(
     tmp = root / f"{_TMP_PREFIX}{step:08d}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f"{_TMP_PREFIX}*"):  # leftovers of interrupted saves
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f"{_TMP_PREFIX}*", f"{_TRASH_PREFIX}*"):  # leftovers of interrupted saves
+            for stale in root.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     torch.distributed.barrier()
 
+    chunks = _chunks(model)
     state = _sharded_state(model, optimizer, is_loading=False)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
@@ -211,16 +326,18 @@ def save_checkpoint(
 
     if rank == 0:
         _write_text_atomic(tmp / _EXTRA, extra_text)
-        marker = {"step": step, "saved_at": time.time(), **layout}
+        marker = {"step": step, "saved_at": time.time(), **layout, "model": _model_shape(chunks),
+                  "files": _manifest(tmp)}  # fmt: skip
         _write_text_atomic(tmp / _COMPLETE, json.dumps(marker, indent=2))
+        _test_kill_hook(step)
         if final.exists():  # re-saving a step: the new save replaces the old one
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _write_text_atomic(root / _LATEST, final.name + "\n")
         if keep_last is not None:
             for _, old in _complete_checkpoints(root)[:-keep_last]:
                 if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+                    _remove(old)
         logger.info("saved checkpoint %s", final)
     torch.distributed.barrier()
     return final
@@ -232,19 +349,31 @@ def save_checkpoint(
 
 
 def find_latest_checkpoint(exp_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``<exp_dir>/checkpoints``, or ``None``.
+    """The newest intact checkpoint under ``<exp_dir>/checkpoints``, or ``None``.
 
-    Trusts the ``latest`` marker when it names a complete checkpoint; otherwise (marker missing,
-    stale or pointing at a pruned directory) falls back to the highest complete ``step_*``.
+    Trusts the ``latest`` marker when it names an intact checkpoint; otherwise (marker missing, stale,
+    pointing at a pruned or torn directory) falls back to the highest intact ``step_*``, warning about
+    every torn one it passes over. A directory without ``COMPLETE`` (a save that never finished) is
+    passed over silently.
     """
     root = Path(exp_dir) / "checkpoints"
     marker = root / _LATEST
+    named = None
     if marker.is_file():
         named = root / marker.read_text(encoding="utf-8").strip()
-        if named.name.startswith(_PREFIX) and (named / _COMPLETE).is_file():
+        if named.name.startswith(_PREFIX) and named.is_dir() and find_checkpoint_problem(named) is None:
             return named
-    found = _complete_checkpoints(root)
-    return found[-1][1] if found else None
+    for _, path in reversed(_step_dirs(root)):
+        problem = find_checkpoint_problem(path)
+        if problem is None:
+            if named is not None:
+                logger.warning(
+                    "checkpoint: %s names %s, which is not usable; using %s", marker, named.name, path
+                )
+            return path
+        if (path / _COMPLETE).is_file():
+            logger.warning("checkpoint: skipping torn checkpoint %s: %s", path, problem)
+    return None
 
 
 def load_checkpoint(
@@ -270,14 +399,21 @@ def load_checkpoint(
 
     Returns:
         The caller's ``extra`` dict, with ``"step"`` added from the completion marker.
+
+    Raises:
+        FileNotFoundError: ``path`` has no ``COMPLETE`` marker.
+        DataError: the checkpoint is torn (``<path>: checkpoint: ...``) or was saved from a model of
+            another shape (``<path>: model: checkpoint has hidden_size 64, config has 128``).
     """
     path = Path(path)
-    marker_path = path / _COMPLETE
-    if not marker_path.is_file():
+    if not (path / _COMPLETE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_COMPLETE} marker)")
-    marker = json.loads(marker_path.read_text(encoding="utf-8"))
-
+    problem = find_checkpoint_problem(path)
+    if problem is not None:
+        raise DataError(str(path), None, "checkpoint", f"torn or corrupted: {problem}")
+    marker = _read_marker(path)
     chunks = _chunks(model)
+    _check_model_shape(path, marker.get("model", {}), _model_shape(chunks))
     request = _sharded_state(model, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(request, str(path))
     if len(chunks) == 1:
@@ -297,7 +433,7 @@ def load_checkpoint(
 
     layout = _layout()
     rng_file = path / _RNG_DIR / f"rank_{torch.distributed.get_rank():05d}.pt"
-    same_layout = all(marker.get(k) == v for k, v in layout.items())
+    same_layout = all(marker.get(k) == v for k, v in layout.items())  # world_size, tp, pp, dp
     if restore_rng and same_layout and rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     elif restore_rng:
@@ -307,3 +443,11 @@ def load_checkpoint(
     extra.setdefault("step", marker["step"])
     torch.distributed.barrier()
     return extra
+
+
+def _check_model_shape(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Compare before reading tensors: megatron's own shape errors name neither field nor values."""
+    for name in (*_SHAPE_FIELDS, *_MODEL_FIELDS):
+        if name in saved and name in current and saved[name] != current[name]:
+            raise DataError(str(path), None, "model",
+                            f"checkpoint has {name} {saved[name]}, config has {current[name]}")  # fmt: skip

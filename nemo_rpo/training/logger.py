@@ -57,14 +57,13 @@ class MetricsLogger:
                 print("warning: tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run re-logs the steps after its checkpoint: drop the old lines for them."""
+        """A resumed run re-logs the steps after its checkpoint: drop the old lines for them.
+
+        A line that does not parse is the torn end of a run killed mid-write; it is dropped too.
+        """
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
+        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
@@ -91,6 +90,14 @@ class MetricsLogger:
             plot_runs([str(self.path.parent)], self.path.parent / "curves.png")
         except ImportError:
             pass
+
+
+def _logged_step(line: str) -> float:
+    """The ``step`` of a metrics.jsonl line; infinity for a blank or torn line (so it is never kept)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def console_line(metrics: dict, max_steps: int) -> str:

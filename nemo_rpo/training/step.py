@@ -2,28 +2,49 @@
 
 The schedules handle pipeline parallelism (1F1B when pp > 1) and gradient accumulation over
 micro-batches; all K responses of a prompt stay in the same micro-batch so the loss sees them together.
+
+A step whose loss or gradients are not finite is skipped: no parameter, optimizer-state or scheduler
+update. Megatron's fp32 and bf16 optimizers do not check (only the fp16 loss scaler does), so the check
+is made here, over every rank's gradient buffers, before ``optimizer.step()``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from nemo_rpo.config.schema import LossConfig
 from nemo_rpo.data.batch import PreferenceBatch
 from nemo_rpo.training.loss_adapter import REPORT_KEYS, make_loss_func
 
 
+class NonFiniteStepsError(RuntimeError):
+    """Too many steps had a non-finite loss or gradient (``trainer.max_skipped_steps``); same on every rank."""
+
+
 @dataclass
 class StepResult:
-    report: dict[str, float]  # REPORT_KEYS summed over the global batch (valid on every rank)
+    """What one optimizer step did.
+
+    Attributes:
+        report: REPORT_KEYS summed over the global batch (valid on every rank).
+        grad_norm: global gradient norm before clipping (NaN when the step was skipped).
+        lr: learning rate of the step.
+        skipped: no update was applied (a non-finite step, or an fp16 loss-scale overflow).
+        non_finite: the loss or a gradient was NaN/inf; the step was skipped.
+    """
+
+    report: dict[str, float]
     grad_norm: float
     lr: float
     skipped: bool
+    non_finite: bool = False
 
 
 def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], loss: LossConfig):
@@ -81,16 +102,41 @@ def train_step(
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     outputs = _run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=False)
-    ok, grad_norm, _ = optimizer.step()
+    report = reduce_report(outputs)
+    # fp16 gradients are loss-scaled: megatron's scaler checks them (and backs off) in optimizer.step().
+    fp16 = get_model_config(model[0]).fp16
+    non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not _grads_finite(model))
+    ok, grad_norm = False, None
+    if not non_finite:
+        ok, grad_norm, _ = optimizer.step()
     if ok:
         scheduler.step(increment=1)
     lr = optimizer.param_groups[0]["lr"]
     return StepResult(
-        report=reduce_report(outputs),
+        report=report,
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
         lr=float(lr),
         skipped=not ok,
+        non_finite=non_finite,
     )
+
+
+def _grads_finite(model: list) -> bool:
+    """Whether every gradient of every rank is finite (collective over all ranks).
+
+    Looks at the DDP gradient buffers after their data-parallel reduction: a NaN/inf in any rank's
+    contribution also sits in the reduced gradient, so the answer is the same on every rank.
+    """
+    bad = torch.zeros(1, dtype=torch.float32)
+    for chunk in model:
+        for buffer in chunk.buffers + chunk.expert_parallel_buffers:
+            if not torch.isfinite(buffer.grad_data).all():
+                bad.fill_(1.0)
+    if torch.distributed.is_initialized():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        bad = bad.to(device)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bool(bad.item() == 0)
 
 
 @torch.no_grad()

@@ -23,6 +23,11 @@ TOL = 1e-5
 
 
 def _run(nproc: int, exp_dir, *overrides: str) -> list[dict]:
+    return _launch(nproc, exp_dir, *overrides)[0]
+
+
+def _launch(nproc: int, exp_dir, *overrides: str) -> tuple[list[dict], str]:
+    """Train through the CLI; (metrics.jsonl rows, stdout)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "nemo_rpo.train"]
@@ -44,7 +49,8 @@ def _run(nproc: int, exp_dir, *overrides: str) -> list[dict]:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows, proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -78,5 +84,7 @@ def test_layout_matches_tp1(baseline, tmp_path, nproc, layout):
 def test_save_tp2_resume_tp1(baseline, tmp_path):
     """3 steps at TP=2 (checkpoint at step 3), then the same exp_dir at TP=1 to step 5."""
     _run(2, tmp_path, "trainer.max_steps=3", "parallel.tp=2")
-    rows = _run(1, tmp_path, "trainer.max_steps=5")
+    rows, stdout = _launch(1, tmp_path, "trainer.max_steps=5")
     _assert_same(rows, baseline, 5)
+    ckpt = tmp_path / "checkpoints" / "step_00000003"
+    assert f"resumed from {ckpt} at step 3 (resharded: tp 2->1, pp 1->1, dp 1->1)" in stdout

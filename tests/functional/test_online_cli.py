@@ -19,7 +19,11 @@ SMALL = ["trainer.global_batch_size=8", "trainer.micro_batch_size=4", "logging.p
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "2",
+        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     proc = subprocess.run([sys.executable, "-m", "nemo_rpo.train", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -37,7 +41,15 @@ def test_online_raises_the_judges_reward(tmp_path):
            "logging.progress_bar=false", "logging.tensorboard=false")  # fmt: skip
     rows = _metrics(exp)
     assert [r["step"] for r in rows] == list(range(1, 31))
-    keys = {"reward", "reward_std", "kl", "response_length", "time_generate_s", "time_score_s", "time_train_s"}
+    keys = {
+        "reward",
+        "reward_std",
+        "kl",
+        "response_length",
+        "time_generate_s",
+        "time_score_s",
+        "time_train_s",
+    }
     assert keys <= rows[0].keys()
     first = sum(r["reward"] for r in rows[:5]) / 5
     last = sum(r["reward"] for r in rows[-5:]) / 5
@@ -54,7 +66,9 @@ def test_online_iterations_resume_mid_iteration(tmp_path):
     _train(f"exp_dir={cut}", *common)
     rows = _metrics(full)
     assert [r["iteration"] for r in rows] == [0, 0, 1, 1]
-    assert (full / "reference" / "checkpoints" / "step_00000002" / "COMPLETE").is_file()  # pi_ref := pi at step 2
+    assert (
+        full / "reference" / "checkpoints" / "step_00000002" / "COMPLETE"
+    ).is_file()  # pi_ref := pi at step 2
     # Simulate a crash after step 3 (mid iteration 2): drop step 4, point `latest` at step 3, rerun.
     import shutil
 
@@ -75,6 +89,8 @@ def test_offline_iterations_regenerate_data(tmp_path):
            "generation.max_new_tokens=12", *SMALL)  # fmt: skip
     rows = _metrics(exp)
     assert [r["iteration"] for r in rows] == [0, 0, 1, 1]
-    data = [json.loads(line) for line in (exp / "iterations" / "iter_1" / "data.jsonl").read_text().splitlines()]
+    data = [
+        json.loads(line) for line in (exp / "iterations" / "iter_1" / "data.jsonl").read_text().splitlines()
+    ]
     assert len(data) > 400 and all(len(r["responses"]) == 4 == len(r["rewards"]) for r in data)
     assert (exp / "iterations" / "iter_1" / "reference_logps.pt").is_file()

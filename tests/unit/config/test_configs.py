@@ -63,7 +63,10 @@ def test_nemo_aligner_alias():
         ("trainer.max_steps=abc", "trainer.max_steps"),
         ("mode=offpolicy", "mode: unsupported mode 'offpolicy'"),
         ("schedule.iterations=2 schedule.beta=[0.1]", "schedule.beta: needs one value per iteration"),
-        ("schedule.iterations=2 schedule.steps=[10,20]", "schedule.steps: sums to 30 but trainer.max_steps is 120"),
+        (
+            "schedule.iterations=2 schedule.steps=[10,20]",
+            "schedule.steps: sums to 30 but trainer.max_steps is 120",
+        ),
         ("schedule.pairs=best_vs_random", "schedule.pairs: best_vs_random builds K=2 pairs"),
         ("generation.top_p=0", "generation.top_p: must be in"),
         ("reward.kind=http", "reward.url: required when kind=http"),

@@ -1,0 +1,141 @@
+"""Aggregate the runs into ``results.json``, a Table 2/4-shaped text table, and Figures 2 and 4 as PNGs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from nemo_rpo.testbed.methods import method_spec
+from nemo_rpo.testbed.stats import mean_ci, seed_ci, win_rates
+
+__all__ = ["aggregate", "format_table", "write_plots"]
+
+SETS = ("valid", "test", "ood")
+
+
+def aggregate(cfg, baseline: dict, evals: dict[str, list[dict]], pref_stats: dict) -> dict:
+    """Per method (per iteration for iterative ones): reward and win-rate vs SFT with 95% CIs, KL, time.
+
+    With one seed the intervals are over prompts; with several, over the seeds' means (``ci_over``).
+    """
+    sft = {s: {"reward": mean_ci(baseline[s]), "win_rate": {"mean": 0.5, "lo": 0.5, "hi": 0.5}} for s in SETS}
+    methods, curves = {}, {}
+    for name, runs in evals.items():
+        spec = method_spec(name, cfg.scale.iterations)
+        curves[name] = [run["curve"] for run in runs]
+        for i in range(len(runs[0]["selections"])):
+            key = f"{name}_it{i + 1}" if spec.iterations > 1 else name
+            per_seed = []
+            for run in runs:
+                sel = run["selections"][i]
+                row = {"seed": run["seed"], "step": sel["step"], "kl": sel["kl"], "train_s": run["train_s"]}
+                for s in SETS:
+                    rewards = sel[s]["rewards"]
+                    row[s] = {
+                        "reward": mean_ci(rewards),
+                        "win_rate": mean_ci(win_rates(rewards, baseline[s])),
+                    }
+                per_seed.append(row)
+            entry = {"loss": spec.loss, "k": spec.k, "responses": spec.responses, "rm": spec.rm,
+                     "iteration": i + 1 if spec.iterations > 1 else None,
+                     "ci_over": "seeds" if len(runs) > 1 else "prompts"}  # fmt: skip
+            for s in SETS:
+                entry[s] = {
+                    metric: per_seed[0][s][metric] if len(runs) == 1
+                    else seed_ci([r[s][metric]["mean"] for r in per_seed])
+                    for metric in ("reward", "win_rate")
+                }  # fmt: skip
+            entry["kl"] = seed_ci([r["kl"] for r in per_seed])
+            entry["wall_time_s"] = sum(r["train_s"] for r in per_seed) / len(per_seed)
+            entry["selected_steps"] = [r["step"] for r in per_seed]
+            entry["per_seed"] = per_seed
+            methods[key] = entry
+    return {
+        "quick": cfg.quick,
+        "seeds": list(cfg.scale.seeds),
+        "eval_temperature": cfg.eval_temperature,
+        "scale": dataclasses.asdict(cfg.scale),
+        "preferences": pref_stats,
+        "sft": sft,
+        "methods": methods,
+        "curves": curves,
+    }
+
+
+def _cell(stat: dict, scale: float = 1.0, digits: int = 3) -> str:
+    half = (stat["hi"] - stat["lo"]) / 2 * scale
+    return f"{stat['mean'] * scale:.{digits}f} ± {half:.{digits}f}"
+
+
+def format_table(results: dict) -> str:
+    """Table 2's columns (plus valid and KL): average reward and win-rate (%) vs SFT, 95% CIs."""
+    head = (f"{'method':<24} {'loss':<9} {'K':>1} {'resp':<7} {'RM':<6} {'it':>2} | "
+            f"{'valid R':>15} {'test R':>15} {'ood R':>15} | {'valid WR%':>11} {'test WR%':>11} {'ood WR%':>11} | "
+            f"{'KL':>14} {'train s':>7}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    sft = results["sft"]
+    lines.append(f"{'sft':<24} {'sft':<9} {'':>1} {'':<7} {'':<6} {'':>2} | "
+                 + " ".join(f"{_cell(sft[s]['reward']):>15}" for s in SETS)
+                 + f" | {50.0:>11.1f} {50.0:>11.1f} {50.0:>11.1f} | {'':>14} {'':>7}")  # fmt: skip
+    for key, m in results["methods"].items():
+        it = "" if m["iteration"] is None else str(m["iteration"])
+        lines.append(f"{key:<24} {m['loss']:<9} {m['k']:>1} {m['responses']:<7} {m['rm']:<6} {it:>2} | "
+                     + " ".join(f"{_cell(m[s]['reward']):>15}" for s in SETS) + " | "
+                     + " ".join(f"{_cell(m[s]['win_rate'], 100, 1):>11}" for s in SETS)
+                     + f" | {_cell(m['kl']):>14} {m['wall_time_s']:>7.0f}")  # fmt: skip
+    over = "over prompts (one seed)" if len(results["seeds"]) == 1 else f"over {len(results['seeds'])} seeds"
+    lines.append(f"95% CIs {over}; win-rate vs SFT, ties count half; judge rewards in [0, 1].")
+    return "\n".join(lines)
+
+
+def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    steps = sorted(set.intersection(*[{p["step"] for p in c} for c in curves]))
+    values = [sum(next(p[key] for p in c if p["step"] == s) for c in curves) / len(curves) for s in steps]
+    return steps, values
+
+
+def write_plots(results: dict, root: Path) -> list[Path]:
+    """Figure 2 (online rpo_bwd vs rpo_sqloo: valid reward and KL vs step) and Figure 4 (judge vs learnt
+    RM reward along online training with the learnt RM), for the methods that ran. Mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves, out = results["curves"], []
+    sft_valid = results["sft"]["valid"]["reward"]["mean"]
+    pair = [m for m in ("online_rpo_bwd_gt", "online_rpo_sqloo_gt") if m in curves]
+    if pair:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for name in pair:
+            steps, reward = _mean_curve(curves[name], "valid_reward")
+            left.plot([0, *steps], [sft_valid, *reward], marker="o", label=name)
+            steps, kl = _mean_curve(curves[name], "kl")
+            right.plot([0, *steps], [0.0, *kl], marker="o", label=name)
+        left.set(title="valid average reward (judge)", xlabel="step")
+        right.set(title="KL(pi || pi_sft) on valid prompts", xlabel="step")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        out.append(root / "figure2_online_bwd_vs_sqloo.png")
+        fig.savefig(out[-1], dpi=100)
+        plt.close(fig)
+    learnt = [m for m in curves if m.endswith("_learnt")]
+    if learnt:
+        fig, axes = plt.subplots(1, len(learnt), figsize=(5 * len(learnt), 4), squeeze=False)
+        for ax, name in zip(axes[0], learnt):
+            steps, gt = _mean_curve(curves[name], "valid_reward")
+            ax.plot([0, *steps], [sft_valid, *gt], marker="o", color="C0", label="ground-truth judge")
+            ax.set(title=name, xlabel="step", ylabel="judge reward (valid)")
+            twin = ax.twinx()
+            steps, rm = _mean_curve(curves[name], "valid_learnt_reward")
+            twin.plot(steps, rm, marker="s", color="C1", label="learnt RM")
+            twin.set_ylabel("learnt RM reward (valid)")
+            ax.legend(handles=ax.get_lines() + twin.get_lines(), loc="best")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out.append(root / "figure4_judge_vs_learnt_rm.png")
+        fig.savefig(out[-1], dpi=100)
+        plt.close(fig)
+    return out

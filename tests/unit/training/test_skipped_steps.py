@@ -1,0 +1,87 @@
+"""Non-finite steps: no update is applied, they are counted, and too many stop the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nemo_rpo.algorithms.common import count_skipped, microbatches, table_lookup
+from nemo_rpo.config.schema import ModelConfig, OptimConfig, RPOConfig, TrainerConfig
+from nemo_rpo.data.preference import PreferenceExample
+from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
+from nemo_rpo.training.logger import MetricsLogger
+from nemo_rpo.training.step import NonFiniteStepsError, StepResult, train_step
+
+
+def _result(non_finite: bool) -> StepResult:
+    return StepResult(report={}, grad_norm=float("nan"), lr=0.1, skipped=non_finite, non_finite=non_finite)
+
+
+def test_count_skipped_counts_only_non_finite_steps_and_stops_past_the_limit():
+    assert count_skipped(_result(False), 0, step=1, limit=2) == 0
+    assert count_skipped(_result(True), 0, step=2, limit=2) == 1
+    assert count_skipped(_result(True), 1, step=3, limit=2) == 2
+    with pytest.raises(
+        NonFiniteStepsError, match=r"max_skipped_steps: 3 steps .* step 7\), more than the limit of 2"
+    ):
+        count_skipped(_result(True), 2, step=7, limit=2)
+    with pytest.raises(NonFiniteStepsError):
+        count_skipped(_result(True), 0, step=1, limit=0)  # 0: any non-finite step is fatal
+
+
+def test_test_hook_poisons_only_the_named_steps(monkeypatch):
+    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "3,5")
+    table = torch.zeros(4, 2)
+    batch = type("B", (), {"index": torch.tensor([1, 2]), "input_ids": torch.zeros(2, 3)})()
+    assert torch.isnan(table_lookup(table, 3)(batch)).all()
+    assert not torch.isnan(table_lookup(table, 4)(batch)).any()
+    assert not torch.isnan(table_lookup(table)(batch)).any()
+
+
+def test_metrics_truncation_drops_a_torn_last_line(tmp_path):
+    """A run killed mid-write leaves half a line; the resumed run drops it with the steps after its checkpoint."""
+    lines = [json.dumps({"step": s, "loss": 0.5}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_step=2)
+    assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:2]) + "\n"
+
+
+@pytest.fixture
+def world1(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = RPOConfig(model=ModelConfig(hidden_size=32, max_seq_len=16), optim=OptimConfig(warmup_steps=0),
+                    trainer=TrainerConfig(global_batch_size=2, micro_batch_size=2))  # fmt: skip
+    info = init_distributed(cfg.parallel, seed=0)
+    yield cfg, info
+    teardown_distributed()
+
+
+def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1, monkeypatch):
+    """Megatron's fp32 optimizer would apply a NaN update (it checks nothing without a loss scaler)."""
+    from nemo_rpo.training.builder import build_policy
+
+    cfg, info = world1
+    model, optimizer, scheduler = build_policy(cfg, vocab_size=64)
+    examples = [PreferenceExample(i, [1, 5 + i, 7], [[8, 9, 2], [10, 2], [11, 12, 2], [13, 2]], [1.0, 0.5, 0.2, 0.0])
+                for i in range(2)]  # fmt: skip
+    micro = microbatches(examples, 2, pad_id=0, device=info.device)
+    ref = torch.zeros(2, 4)
+
+    def snapshot():
+        params = [p.detach().clone() for p in model[0].parameters()]
+        return params, json.dumps(optimizer.state_dict()["param_groups"], default=str), scheduler.num_steps
+
+    before = snapshot()
+    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "1")
+    result = train_step(model, optimizer, scheduler, micro, table_lookup(ref, 1), cfg.loss)
+    assert result.non_finite and result.skipped
+    after = snapshot()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and before[1:] == after[1:]
+    assert not optimizer.state_dict()["state"]  # Adam never stepped
+
+    result = train_step(model, optimizer, scheduler, micro, table_lookup(ref, 2), cfg.loss)
+    assert not result.non_finite and not result.skipped
+    assert not all(torch.equal(a, b) for a, b in zip(before[0], snapshot()[0]))
