@@ -40,6 +40,13 @@ def test_issue_command_line_composes():
     assert (cfg.trainer.max_steps, cfg.exp_dir, cfg.data.train_path) == (100, "runs/x", "train.jsonl")
 
 
+@pytest.mark.parametrize("name, extra", [("judge", []), ("http", ["reward.url=http://127.0.0.1:9000"]),
+                                         ("megatron", ["reward.path=runs/rm"])])  # fmt: skip
+def test_reward_model_group(name, extra):
+    cfg = load_config(["mode=online", f"reward_model={name}", *extra])
+    assert cfg.reward.kind == name
+
+
 def test_online_iterative_command_line_composes():
     cfg = load_config(["mode=online", "schedule.iterations=2", "schedule.beta=[0.1,0.05]", "generation.top_k=5",
                        "reward.kind=http", "reward.url=http://127.0.0.1:9000"])  # fmt: skip
