@@ -37,6 +37,7 @@ from nemo_rpo.algorithms.common import (
 )  # fmt: skip
 from nemo_rpo.algorithms.rollout import rollout
 from nemo_rpo.config.schema import RPOConfig
+from nemo_rpo.data.errors import DataError
 from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.preference import PreferenceDataset, add_kl_pairs, load_preference_dataset
 from nemo_rpo.data.prompts import prompts_from_texts
@@ -132,6 +133,10 @@ def _load_dataset(
     if info_loss.needs_rewards or cfg.loss.sft_loss_weight > 0 and dataset.has_rewards:
         dataset.require_rewards(cfg.loss.name)
     if info_loss.needs_kl_pairs:
+        if len(dataset) < 2:
+            raise DataError(dataset.path, None, "records",
+                            f"loss {cfg.loss.name} pairs each example with another one's response: needs at least 2 "
+                            f"examples, got {len(dataset)}")  # fmt: skip
         dataset.examples = add_kl_pairs(dataset.examples, max_seq_len=cfg.model.max_seq_len)
     if info.rank == 0:
         print(f"data: {dataset.path} ({dataset.format}): {dataset.stats.summary()}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nemo_rpo.algorithms.common import count_skipped
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate
 from nemo_rpo.data.errors import DataError
@@ -53,7 +54,7 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
     model, optimizer, scheduler = build_reward_trainer(cfg, tokenizer.vocab_size)
     sampler = GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
                                  seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=dataset.path)  # fmt: skip
-    start = _maybe_resume(cfg, model, optimizer, scheduler, info)
+    start, skipped = _maybe_resume(cfg, model, optimizer, scheduler, info)
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     first = last = None
@@ -61,9 +62,11 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
         tick = time.perf_counter()
         microbatches = _microbatches(dataset, sampler.indices_for_step(step), cfg, tokenizer.pad_id, info)
         result = train_rm_step(model, optimizer, scheduler, microbatches, cfg.objective)
+        skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
         metrics = rm_step_metrics(
             step + 1, result.report, result.grad_norm, result.lr, time.perf_counter() - tick
         )
+        metrics["skipped_steps"] = skipped
         first, last = first or metrics, metrics
         if (step + 1) % cfg.trainer.log_interval == 0 or step + 1 == cfg.trainer.max_steps:
             logger.log(metrics)
@@ -71,7 +74,7 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
                 print(_console_line(metrics, cfg.trainer.max_steps), flush=True)
         if _should_save(cfg, step + 1):
             save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
-                            {"step": step + 1}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
+                            {"step": step + 1, "skipped_steps": skipped}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
     logger.close()
     return RMRunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
 
@@ -105,14 +108,15 @@ def _microbatches(
     ]
 
 
-def _maybe_resume(cfg: RMTrainConfig, model, optimizer, scheduler, info: ParallelInfo) -> int:
+def _maybe_resume(cfg: RMTrainConfig, model, optimizer, scheduler, info: ParallelInfo) -> tuple[int, int]:
+    """``(step, skipped_steps)`` of the latest checkpoint, or ``(0, 0)``."""
     path = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
     if path is None:
-        return 0
+        return 0, 0
     extra = load_checkpoint(path, model, optimizer, scheduler)  # weights, optimizer, scheduler, RNG
     if info.rank == 0:
         print(f"resumed from {path} at step {extra['step']}")
-    return int(extra["step"])
+    return int(extra["step"]), int(extra.get("skipped_steps", 0))
 
 
 def _should_save(cfg: RMTrainConfig, step: int) -> bool:

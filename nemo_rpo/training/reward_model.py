@@ -8,18 +8,20 @@ of a prompt stay in one micro-batch, so every pair of a prompt is seen together.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.data.batch import PreferenceBatch
 from nemo_rpo.losses.reward_model import bradley_terry_loss, regression_loss
 from nemo_rpo.models.reward import build_reward_model, sequence_lengths
 from nemo_rpo.training.optimizer import build_optimizer, wrap_ddp
-from nemo_rpo.training.step import StepResult, reduce_report
+from nemo_rpo.training.step import StepResult, grads_finite, reduce_report
 
 __all__ = [
     "RM_REPORT_KEYS",
@@ -123,14 +125,21 @@ def train_rm_step(
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     outputs = _run_schedule(model, microbatches, _forward_step(objective), forward_only=False)
-    ok, grad_norm, _ = optimizer.step()
+    report = reduce_report(outputs, RM_REPORT_KEYS)
+    # As in train_step: a non-finite loss or gradient skips the update (fp16: megatron's scaler decides).
+    fp16 = get_model_config(model[0]).fp16
+    non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
+    ok, grad_norm = False, None
+    if not non_finite:
+        ok, grad_norm, _ = optimizer.step()
     if ok:
         scheduler.step(increment=1)
     return StepResult(
-        report=reduce_report(outputs, RM_REPORT_KEYS),
+        report=report,
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
         lr=float(optimizer.param_groups[0]["lr"]),
         skipped=not ok,
+        non_finite=non_finite,
     )
 
 

@@ -105,7 +105,7 @@ def train_step(
     report = reduce_report(outputs)
     # fp16 gradients are loss-scaled: megatron's scaler checks them (and backs off) in optimizer.step().
     fp16 = get_model_config(model[0]).fp16
-    non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not _grads_finite(model))
+    non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
     ok, grad_norm = False, None
     if not non_finite:
         ok, grad_norm, _ = optimizer.step()
@@ -121,7 +121,7 @@ def train_step(
     )
 
 
-def _grads_finite(model: list) -> bool:
+def grads_finite(model: list) -> bool:
     """Whether every gradient of every rank is finite (collective over all ranks).
 
     Looks at the DDP gradient buffers after their data-parallel reduction: a NaN/inf in any rank's

@@ -138,3 +138,22 @@ def test_online_sigkill_resumes_bitwise(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     _assert_identical(_metrics(cut), _metrics(full), ("loss", "grad_norm", "reward", "kl", "response_length"))
+
+
+def test_iterative_offline_sigkill_mid_iteration_resumes_bitwise(tmp_path):
+    """Alg. 3 with 2 iterations of 3 steps: killed inside iteration 2, after its data was regenerated."""
+    args = [*SMALL, "trainer.max_steps=6", "schedule.iterations=2", "generation.max_new_tokens=8",
+            "logging.tensorboard=false"]  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert _run(full, args).returncode == 0
+    _kill_after_step(cut, args, 5)
+    assert (cut / "iterations" / "iter_1" / "data.jsonl").is_file()
+    proc = _run(cut, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    assert (cut / "iterations" / "iter_1" / "data.jsonl").read_bytes() == (
+        full / "iterations" / "iter_1" / "data.jsonl"
+    ).read_bytes()  # the same regenerated data, not a second draw
+    rows = _metrics(cut)
+    assert [r["iteration"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    _assert_identical(rows, _metrics(full), ("loss", "grad_norm", "accuracy", "lr"))

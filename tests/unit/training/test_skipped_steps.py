@@ -85,3 +85,25 @@ def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1, monke
     result = train_step(model, optimizer, scheduler, micro, table_lookup(ref, 2), cfg.loss)
     assert not result.non_finite and not result.skipped
     assert not all(torch.equal(a, b) for a, b in zip(before[0], snapshot()[0]))
+
+
+def test_reward_model_step_skips_a_non_finite_loss(world1):
+    """The RM trainer has the same guard: a NaN reward (regression) leaves the weights unchanged."""
+    from nemo_rpo.config.rm_schema import RMTrainConfig
+    from nemo_rpo.training.reward_model import build_reward_trainer, train_rm_step
+
+    cfg, info = world1
+    rm_cfg = RMTrainConfig(objective="regression", model=cfg.model, optim=cfg.optim, trainer=cfg.trainer)
+    model, optimizer, scheduler = build_reward_trainer(rm_cfg, vocab_size=64)
+    examples = [PreferenceExample(i, [1, 5 + i, 7], [[8, 9, 2], [10, 2], [11, 12, 2], [13, 2]], [1.0, 0.5, 0.2, 0.0])
+                for i in range(2)]  # fmt: skip
+    micro = microbatches(examples, 2, pad_id=0, device=info.device)
+    before = [p.detach().clone() for p in model[0].parameters()]
+    micro[0].rewards[0, 1] = float("nan")
+    result = train_rm_step(model, optimizer, scheduler, micro, "regression")
+    assert result.non_finite and result.skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, model[0].parameters()))
+    micro[0].rewards[0, 1] = 0.5
+    result = train_rm_step(model, optimizer, scheduler, micro, "regression")
+    assert not result.non_finite and not result.skipped
+    assert not all(torch.equal(a, b) for a, b in zip(before, model[0].parameters()))
