@@ -116,8 +116,10 @@ def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo) -> None:
         print(f"initialised weights from {path}", flush=True)
 
 
-def maybe_resume(cfg: RPOConfig, model, optimizer, scheduler, info: ParallelInfo) -> dict:
+def maybe_resume(cfg, model, optimizer, scheduler, info: ParallelInfo) -> dict:
     """Load the latest checkpoint of ``exp_dir`` (weights, optimizer, scheduler, RNG); ``{}`` if none.
+
+    ``cfg`` is any run config with ``exp_dir`` and ``checkpoint`` (policy or reward-model training).
 
     Says so in one line, with the layout change when the checkpoint was saved with another TP/PP/DP.
     """
@@ -162,7 +164,7 @@ def count_skipped(result: StepResult, skipped: int, step: int, limit: int) -> in
     return skipped
 
 
-def should_save(cfg: RPOConfig, step: int) -> bool:
+def should_save(cfg, step: int) -> bool:
     interval = cfg.checkpoint.save_interval
     return step == cfg.trainer.max_steps or (interval > 0 and step % interval == 0)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_rpo.algorithms.common import count_skipped
+from nemo_rpo.algorithms.common import count_skipped, maybe_resume, should_save
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate
 from nemo_rpo.data.errors import DataError
@@ -30,7 +30,7 @@ from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, set_num_threads
 from nemo_rpo.training.builder import save_resolved_config
-from nemo_rpo.training.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from nemo_rpo.training.checkpoint import save_checkpoint
 from nemo_rpo.training.logger import MetricsLogger
 from nemo_rpo.training.reward_model import build_reward_trainer, rm_step_metrics, train_rm_step
 
@@ -54,7 +54,8 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
     model, optimizer, scheduler = build_reward_trainer(cfg, tokenizer.vocab_size)
     sampler = GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
                                  seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=dataset.path)  # fmt: skip
-    start, skipped = _maybe_resume(cfg, model, optimizer, scheduler, info)
+    resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
+    start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     first = last = None
@@ -72,7 +73,7 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
             logger.log(metrics)
             if info.rank == info.world_size - 1:
                 print(_console_line(metrics, cfg.trainer.max_steps), flush=True)
-        if _should_save(cfg, step + 1):
+        if should_save(cfg, step + 1):
             save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
                             {"step": step + 1, "skipped_steps": skipped}, keep_last=cfg.checkpoint.keep_last)  # fmt: skip
     logger.close()
@@ -106,22 +107,6 @@ def _microbatches(
         collate([dataset[i] for i in chunk], pad_id, pad_to=width).to(info.device)
         for chunk in split_micro_batches(indices, cfg.trainer.micro_batch_size)
     ]
-
-
-def _maybe_resume(cfg: RMTrainConfig, model, optimizer, scheduler, info: ParallelInfo) -> tuple[int, int]:
-    """``(step, skipped_steps)`` of the latest checkpoint, or ``(0, 0)``."""
-    path = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
-    if path is None:
-        return 0, 0
-    extra = load_checkpoint(path, model, optimizer, scheduler)  # weights, optimizer, scheduler, RNG
-    if info.rank == 0:
-        print(f"resumed from {path} at step {extra['step']}")
-    return int(extra["step"]), int(extra.get("skipped_steps", 0))
-
-
-def _should_save(cfg: RMTrainConfig, step: int) -> bool:
-    interval = cfg.checkpoint.save_interval
-    return step == cfg.trainer.max_steps or (interval > 0 and step % interval == 0)
 
 
 def _console_line(metrics: dict, max_steps: int) -> str:

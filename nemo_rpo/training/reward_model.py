@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
@@ -21,7 +20,7 @@ from nemo_rpo.data.batch import PreferenceBatch
 from nemo_rpo.losses.reward_model import bradley_terry_loss, regression_loss
 from nemo_rpo.models.reward import build_reward_model, sequence_lengths
 from nemo_rpo.training.optimizer import build_optimizer, wrap_ddp
-from nemo_rpo.training.step import StepResult, grads_finite, reduce_report
+from nemo_rpo.training.step import StepResult, grads_finite, reduce_report, share_table
 
 __all__ = [
     "RM_REPORT_KEYS",
@@ -180,16 +179,7 @@ def score_microbatches(
             chunk.train(was_training)
         for out in outputs:
             table[out["index"].cpu()] = out["scores"].to(torch.float64).cpu()
-    if torch.distributed.is_initialized():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        table = table.to(device)
-        torch.distributed.all_reduce(table, group=parallel_state.get_data_parallel_group())
-        torch.distributed.broadcast(
-            table, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )  # fmt: skip
-        table = table.cpu()
-    return table.to(torch.float32)
+    return share_table(table).to(torch.float32)
 
 
 def rm_step_metrics(step: int, report: dict[str, float], grad_norm: float, lr: float, seconds: float) -> dict:

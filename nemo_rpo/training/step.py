@@ -167,13 +167,22 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
     table = torch.zeros(num_examples, r, dtype=torch.float64)
     for out in outputs:
         table[out["index"].cpu()] = out["seq_logps"].to(torch.float64).cpu()
-    if torch.distributed.is_initialized():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        table = table.to(device)
-        torch.distributed.all_reduce(table, group=parallel_state.get_data_parallel_group())
-        torch.distributed.broadcast(
-            table, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )  # fmt: skip
-        table = table.cpu()
-    return table.to(torch.float32)
+    return share_table(table).to(torch.float32)
+
+
+def share_table(table: torch.Tensor) -> torch.Tensor:
+    """Sum a per-rank table over data-parallel ranks and give every pipeline stage the last stage's.
+
+    Each data-parallel rank fills its own rows (zeros elsewhere); only the last pipeline stage computed
+    them. Returns a CPU tensor, identical on every rank.
+    """
+    if not torch.distributed.is_initialized():
+        return table
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    table = table.to(device)
+    torch.distributed.all_reduce(table, group=parallel_state.get_data_parallel_group())
+    torch.distributed.broadcast(
+        table, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )  # fmt: skip
+    return table.cpu()
