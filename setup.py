@@ -24,7 +24,15 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "tensorboard", "matplotlib"],
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "tensorboard",
+            "matplotlib",
+            "transformers>=4.45",
+            "safetensors",
+            "jinja2",
+        ],
         "gpu": ["transformer-engine[pytorch]"],
         "hf": ["transformers>=4.45", "safetensors", "jinja2"],
         "logging": ["tensorboard", "wandb"],
@@ -38,6 +46,7 @@ setup(
             "nemo-rpo-loss-demo=nemo_rpo.cli.loss_demo:main",
             "nemo-rpo-plot=nemo_rpo.cli.plot:main",
             "nemo-rpo-testbed=nemo_rpo.cli.testbed:main",
+            "nemo-rpo-convert=nemo_rpo.cli.convert:main",
         ],
     },
 )

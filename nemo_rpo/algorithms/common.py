@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from megatron.core.utils import unwrap_model
 
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.distributed.launch import ParallelInfo
+from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_state
 from nemo_rpo.training.checkpoint import checkpoint_layout, find_latest_checkpoint, load_checkpoint
 from nemo_rpo.training.step import NonFiniteStepsError, StepResult
 
@@ -102,18 +104,34 @@ def table_lookup(
     return lookup
 
 
-def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo) -> None:
-    """Load ``checkpoint.init_from`` weights into a new run (skipped when ``exp_dir`` has a checkpoint)."""
-    source = cfg.checkpoint.init_from
-    if source is None or (cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None):
+def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo, optimizer=None) -> None:
+    """Start a new run from ``checkpoint.init_from`` weights, else from ``model.init_from_hf``.
+
+    Skipped when ``exp_dir`` has a checkpoint to resume from. ``optimizer``: re-read its fp32 main copies
+    of 16-bit parameters (built before the weights were loaded).
+    """
+    if cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None:
         return
-    path = find_latest_checkpoint(source) or Path(source)
-    if not (path / "COMPLETE").is_file():
-        raise ConfigError(f"checkpoint.init_from: {source} is neither a run directory with checkpoints "
-                          "nor a complete checkpoint directory")  # fmt: skip
-    load_checkpoint(path, model, None, None, restore_rng=False)
+    hf_dir, source = cfg.model.init_from_hf, cfg.checkpoint.init_from
+    if source is not None:  # with model.init_from_hf too: shape and tokenizer from HF, weights from here
+        path = find_latest_checkpoint(source) or Path(source)
+        if not (path / "COMPLETE").is_file():
+            raise ConfigError(f"checkpoint.init_from: {source} is neither a run directory with checkpoints "
+                              "nor a complete checkpoint directory")  # fmt: skip
+        load_checkpoint(path, model, None, None, restore_rng=False)
+        loaded = str(path)
+    elif hf_dir is not None:
+        hf_state = read_hf_state(hf_dir)
+        for chunk in unwrap_model(model):
+            load_hf_weights_(chunk, hf_state, cfg.model)
+        del hf_state
+        loaded = hf_dir
+    else:
+        return
+    if optimizer is not None and hasattr(optimizer, "reload_model_params"):
+        optimizer.reload_model_params()
     if info.rank == 0:
-        print(f"initialised weights from {path}", flush=True)
+        print(f"initialised weights from {loaded}", flush=True)
 
 
 def maybe_resume(cfg, model, optimizer, scheduler, info: ParallelInfo) -> dict:

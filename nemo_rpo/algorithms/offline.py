@@ -63,7 +63,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     dataset = _load_dataset(cfg, tokenizer, info, cfg.data.train_path)
     _sampler(cfg, dataset, info, 0)  # a dataset smaller than one global batch fails before any write
     model, optimizer, scheduler = build_policy(cfg, tokenizer.vocab_size)
-    init_weights_from(cfg, model, info)  # e.g. the SFT policy; it is also the reference
+    init_weights_from(cfg, model, info, optimizer)  # e.g. the SFT policy; it is also the reference
     # Resume before the reference pass: a checkpoint of another model shape fails here, and a resumed
     # run reads the reference cache written at the initial weights (it is never recomputed).
     resumed = maybe_resume(cfg, model, optimizer, scheduler, info)

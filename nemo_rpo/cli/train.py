@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> None:
         return _hydra_main()
     debug = _debug_requested(argv)
     try:
-        from nemo_rpo.config.store import load_config
+        from nemo_rpo.cli.hf_defaults import apply_init_from_hf
+        from nemo_rpo.config.store import compose_config, to_typed
 
-        cfg = load_config(argv)
-        run(cfg)
+        dict_cfg = compose_config(argv)
+        apply_init_from_hf(dict_cfg, argv)
+        run(to_typed(dict_cfg))
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line unless debugging
         if debug:
             raise
@@ -97,6 +99,11 @@ def _hydra_main() -> None:
 
     @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
     def _main(dict_cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from nemo_rpo.cli.hf_defaults import apply_init_from_hf
+
+        apply_init_from_hf(dict_cfg, HydraConfig.get().overrides.task)
         run(to_typed(dict_cfg))
 
     _main()

@@ -101,6 +101,10 @@ class ModelConfig:
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     recompute_granularity: Optional[str] = None  # None | full | selective
     core_attention: str = "sdpa"  # local spec only: sdpa (fused torch kernel) | megatron (unfused)
+    # A Hugging Face Llama/Mistral/Qwen2 directory (safetensors, .bin or one .gguf): the CLI takes the shape
+    # and the tokenizer from it (command-line model.* / data.tokenizer.* overrides win), and a new run
+    # starts from its weights (unless checkpoint.init_from names other weights; ignored when resuming).
+    init_from_hf: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.num_layers >= 1, "model.num_layers", "must be >= 1")
@@ -331,6 +335,11 @@ class RPOConfig:
                f"tp={self.parallel.tp} must divide the attention heads ({heads}) and query groups ({groups})")  # fmt: skip
         _check(self.model.num_layers % self.parallel.pp == 0, "parallel.pp",
                f"pp={self.parallel.pp} must divide model.num_layers ({self.model.num_layers})")  # fmt: skip
+        if self.model.init_from_hf is not None and self.model.vocab_size is not None:
+            multiple = math.lcm(self.model.make_vocab_size_divisible_by, self.parallel.tp)
+            _check(self.model.vocab_size % multiple == 0, "model.make_vocab_size_divisible_by",
+                   f"vocab {self.model.vocab_size} would be padded to a multiple of {multiple}, and padding rows "
+                   "change the Hugging Face log-probs; use a tp that divides the vocabulary")  # fmt: skip
         _check(self.trainer.global_batch_size % self.trainer.micro_batch_size == 0, "trainer.global_batch_size",
                "must be a multiple of micro_batch_size (times the data-parallel size)")  # fmt: skip
 

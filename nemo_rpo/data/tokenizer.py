@@ -65,7 +65,8 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer loaded from a local directory (needs the ``hf`` extra).
+    """A Hugging Face tokenizer loaded from a local directory (needs the ``hf`` extra), or from the one
+    ``.gguf`` file of a directory without tokenizer files.
 
     ``bos_id`` is the tokenizer's BOS only when the tokenizer itself prepends it (Llama yes, GPT-2
     and Qwen no), so sequences look as they did in pretraining. ``pad_id`` falls back to ``eos_id``.
@@ -84,8 +85,14 @@ class HFTokenizer:
                             "type=hf needs transformers: pip install 'nemo-rpo[hf]'") from err  # fmt: skip
         if not os.path.isdir(path):
             raise DataError(path, None, "data.tokenizer.path", "not a directory")
+        # A directory holding only a .gguf model (no tokenizer files): transformers reads the tokenizer from it.
+        ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        has_files = any(
+            os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")
+        )
+        extra = {"gguf_file": ggufs[0]} if len(ggufs) == 1 and not has_files else {}
         try:
-            self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True, **extra)
         except Exception as err:  # transformers raises many types; all mean "cannot load this directory"
             raise DataError(path, None, "data.tokenizer.path", f"cannot load a tokenizer: {err}") from err
         if self._tok.eos_token_id is None:

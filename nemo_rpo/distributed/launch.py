@@ -196,6 +196,7 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> ParallelInfo:
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+        _destroy_subgroups()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp
     )
@@ -216,6 +217,20 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> ParallelInfo:
         is_last_pp=parallel_state.is_pipeline_last_stage(),
         device=device,
     )
+
+
+def _destroy_subgroups() -> None:
+    """Destroy every process group but the default one.
+
+    megatron's ``destroy_model_parallel`` forgets most of its groups without destroying them; each gloo
+    group keeps two threads alive, so rebuilding the groups in one process (the testbed's in-process
+    stages, test modules) used to leak thousands of threads and slow the whole machine down.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    for group in list(c10d._world.pg_map):
+        if group is not c10d.GroupMember.WORLD:
+            torch.distributed.destroy_process_group(group)
 
 
 def teardown_distributed() -> None:

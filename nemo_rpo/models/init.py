@@ -22,7 +22,7 @@ import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-__all__ = ["layout_invariant_init_"]
+__all__ = ["layout_invariant_init_", "sharded_tensors"]
 
 _SCALED = ("linear_proj.weight", "linear_fc2.weight")
 
@@ -38,7 +38,8 @@ def _flatten(tree):
         yield tree
 
 
-def _sharded_tensors(module: torch.nn.Module):
+def sharded_tensors(module: torch.nn.Module):
+    """Every ``ShardedTensor`` of ``module``'s checkpoint view; ``.data`` of each is a view of the parameter."""
     for item in _flatten(module.sharded_state_dict()):
         if isinstance(item, ShardedTensorFactory):
             yield from (t for t in _flatten(item.build()) if isinstance(t, ShardedTensor))
@@ -57,7 +58,7 @@ def layout_invariant_init_(module: torch.nn.Module, config: TransformerConfig, s
     """
     done: set[tuple[str, tuple[int, ...]]] = set()
     count = 0
-    for sh in _sharded_tensors(module):
+    for sh in sharded_tensors(module):
         if sh.flattened_range is not None:
             raise ValueError(f"{sh.key}: flattened shards are not supported for initialisation")
         lead = sh.prepend_axis_num
