@@ -10,8 +10,9 @@ Stages (each skipped when its output exists, so a rerun resumes):
   2. ``offline/``: offline RPO (rpo_bwd, K=4) on that data, started with ``model.init_from_hf``.
   3. ``online/``: online RPO (rpo_bwd, K=4): each step samples from the policy and asks the judge.
   4. ``results.json``: the start model, the offline and the online policy, each generating for the held-out
-     (test) and the train prompts, greedily and with 4 samples at temperature 0.8; the judge's average
-     reward and the win-rate vs the start model (ties count half), with 95% CIs over prompts (samples).
+     (test) prompts greedily and with 4 samples at temperature 0.8, and for the train prompts greedily; the
+     judge's average reward and the win-rate vs the start model (ties count half; a sample is compared with
+     the start model's sample of the same index), with 95% CIs over prompts (samples).
 
 Training stages use the ``nemo-rpo-train`` CLI (``python -m nemo_rpo.train``), as a user would.
 """
@@ -130,19 +131,21 @@ def evaluate(work: Path) -> dict:
     tokenizer = HFTokenizer(str(work / "smollm2"))
     sets = {name: load_prompts(work / "prompts" / f"{name}.jsonl", tokenizer, max_prompt_len=256)
             for name in ("test", "train")}  # fmt: skip
-    modes = {"greedy": (1, 0.0), "sampled": (4, TEMPERATURE)}
+    # Sampled generations on the held-out prompts only: CPU time goes where the question is.
+    plan = [("test", "greedy", 1, 0.0), ("test", "sampled", 4, TEMPERATURE), ("train", "greedy", 1, 0.0)]
     rewards: dict[str, dict[str, list[float]]] = {}
     examples: dict[str, str] = {}
     for policy, run_dir in (("start", None), ("offline", work / "offline"), ("online", work / "online")):
         model = _policy(work, run_dir)
-        for set_name, prompts in sets.items():
-            for mode, (samples, temperature) in modes.items():
-                texts = _generate(model, tokenizer, prompts, samples=samples, temperature=temperature, seed=7)
-                key = f"{set_name}/{mode}"
-                scores = judge.score([p.text for p in prompts for _ in range(samples)], texts)
-                rewards.setdefault(policy, {})[key] = scores
-                if key == "test/greedy":
-                    examples[policy] = texts[0]
+        for set_name, mode, samples, temperature in plan:
+            prompts = sets[set_name]
+            texts = _generate(model, tokenizer, prompts, samples=samples, temperature=temperature, seed=7)
+            key = f"{set_name}/{mode}"
+            rewards.setdefault(policy, {})[key] = judge.score(
+                [p.text for p in prompts for _ in range(samples)], texts
+            )
+            if key == "test/greedy":
+                examples[policy] = texts[0]
     results: dict = {
         "rewards": rewards,
         "example_test_prompt_0": {"prompt": sets["test"][0].text, **examples},

@@ -42,7 +42,7 @@ from nemo_rpo.data.prompts import prompts_from_texts
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import init_distributed, set_num_threads, teardown_distributed
 from nemo_rpo.testbed.methods import MethodSpec, method_spec
-from nemo_rpo.testbed.report import aggregate, format_table, write_plots
+from nemo_rpo.testbed.report import aggregate, findings, format_findings, format_table, write_plots
 from nemo_rpo.testbed.tasks import JUDGE, make_splits
 from nemo_rpo.training.checkpoint import find_latest_checkpoint
 
@@ -81,8 +81,10 @@ def run_testbed(cfg: TestbedConfig) -> dict:
                 )  # fmt: skip
         results = aggregate(cfg, baseline, evals, prefs["stats"])
         results["wall_time_s"] = time.perf_counter() - started
+        results["findings"] = findings(results)
         (root / "results.json").write_text(json.dumps(results, indent=2))
         print(format_table(results), flush=True)
+        print(format_findings(results["findings"]), flush=True)
         for path in write_plots(results, root):
             print(f"plot: {path}", flush=True)
         print(f"results: {root / 'results.json'} ({results['wall_time_s']:.0f} s)", flush=True)

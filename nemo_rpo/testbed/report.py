@@ -8,7 +8,7 @@ from pathlib import Path
 from nemo_rpo.testbed.methods import method_spec
 from nemo_rpo.testbed.stats import mean_ci, seed_ci, win_rates
 
-__all__ = ["aggregate", "format_table", "write_plots"]
+__all__ = ["aggregate", "findings", "format_findings", "format_table", "write_plots"]
 
 SETS = ("valid", "test", "ood")
 
@@ -85,6 +85,78 @@ def format_table(results: dict) -> str:
                      + f" | {_cell(m['kl']):>14} {m['wall_time_s']:>7.0f}")  # fmt: skip
     over = "over prompts (one seed)" if len(results["seeds"]) == 1 else f"over {len(results['seeds'])} seeds"
     lines.append(f"95% CIs {over}; win-rate vs SFT, ties count half; judge rewards in [0, 1].")
+    return "\n".join(lines)
+
+
+def _test_reward(results: dict, method: str) -> dict:
+    return results["methods"][method]["test"]["reward"]
+
+
+def _have(results: dict, *methods: str) -> bool:
+    return all(m in results["methods"] for m in methods)
+
+
+def findings(results: dict) -> list[dict]:
+    """The paper's §6 findings, each checked on our numbers (in-distribution test reward, means).
+
+    Returns one dict per finding whose methods ran: ``name``, ``paper`` (the claim), ``ours`` (the numbers
+    it was decided on) and ``held``. "No significant difference" means overlapping 95% intervals.
+    """
+    out = []
+
+    def mean(method: str) -> float:
+        return _test_reward(results, method)["mean"]
+
+    if _have(results, "dpo", "simpo", "rpo_bwd_k2", "kto", "rpo_sqloo_k2"):
+        good = {m: mean(m) for m in ("dpo", "simpo", "rpo_bwd_k2")}
+        bad = {m: mean(m) for m in ("kto", "rpo_sqloo_k2")}
+        out.append({"name": "objectives", "paper": "offline K=2: dpo, rpo-bwd and simpo beat kto and rpo-sqloo",
+                    "ours": {**good, **bad}, "held": min(good.values()) > max(bad.values())})  # fmt: skip
+    pairs = [(f"{d}_k2", f"{d}_k4") for d in ("rpo_bwd", "rpo_sqloo")]
+    if all(_have(results, *p) for p in pairs):
+        overlap = []
+        for k2, k4 in pairs:
+            a, b = _test_reward(results, k2), _test_reward(results, k4)
+            overlap.append(a["lo"] <= b["hi"] and b["lo"] <= a["hi"])
+        out.append({"name": "number of responses", "paper": "K=4 brings no significant gain over K=2 (bwd, sqloo)",
+                    "ours": {m: mean(m) for p in pairs for m in p}, "held": all(overlap)})  # fmt: skip
+    if _have(results, "online_rpo_bwd_gt", "online_rpo_sqloo_gt"):
+        kl = {m: results["methods"][m]["kl"]["mean"] for m in ("online_rpo_bwd_gt", "online_rpo_sqloo_gt")}
+        ours = {m: mean(m) for m in kl} | {f"{m} KL": v for m, v in kl.items()}
+        held = mean("online_rpo_bwd_gt") > mean("online_rpo_sqloo_gt")
+        out.append({"name": "online bwd vs sqloo (RLOO)", "paper": "online rpo-bwd beats online rpo-sqloo (RLOO)",
+                    "ours": ours, "held": held})  # fmt: skip
+        out.append({"name": "online KL", "paper": "online rpo-bwd's KL to the reference grows more slowly",
+                    "ours": kl, "held": kl["online_rpo_bwd_gt"] < kl["online_rpo_sqloo_gt"]})  # fmt: skip
+    online_offline = [(f"online_{d}_gt", f"{d}_k4") for d in ("rpo_bwd", "rpo_sqloo")]
+    if all(_have(results, *p) for p in online_offline):
+        out.append({"name": "online vs offline", "paper": "online beats offline (rpo-bwd and rpo-sqloo, K=4)",
+                    "ours": {m: mean(m) for p in online_offline for m in p},
+                    "held": all(mean(on) > mean(off) for on, off in online_offline)})  # fmt: skip
+    iters = sorted(m for m in results["methods"] if m.startswith(("iter_offline", "iter_online")))
+    if iters:
+        by_kind: dict[str, list[float]] = {}
+        for m in iters:
+            by_kind.setdefault(m.rsplit("_it", 1)[0], []).append(mean(m))
+        out.append({"name": "iterations", "paper": "each further iteration improves (offline and online)",
+                    "ours": {m: mean(m) for m in iters},
+                    "held": all(all(b > a for a, b in zip(v, v[1:])) for v in by_kind.values())})  # fmt: skip
+    learnt = [(f"online_{d}_learnt", f"online_{d}_gt") for d in ("rpo_bwd", "rpo_sqloo")]
+    learnt = [p for p in learnt if _have(results, *p)]
+    if learnt:
+        sft = results["sft"]["test"]["reward"]["mean"]
+        out.append({"name": "learnt RM", "paper": "online with the learnt RM barely improves over SFT (GT RM does)",
+                    "ours": {"sft": sft, **{m: mean(m) for p in learnt for m in p}},
+                    "held": all(mean(lr) - sft < 0.5 * (mean(gt) - sft) for lr, gt in learnt)})  # fmt: skip
+    return out
+
+
+def format_findings(items: list[dict]) -> str:
+    """One line per finding: reproduced or not, with the numbers."""
+    lines = []
+    for f in items:
+        nums = ", ".join(f"{k} {v:.3f}" for k, v in f["ours"].items())
+        lines.append(f"[{'reproduced' if f['held'] else 'NOT reproduced'}] {f['paper']}: {nums}")
     return "\n".join(lines)
 
 

@@ -129,6 +129,7 @@ def train_rm_step(
     fp16 = get_model_config(model[0]).fp16
     non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
     ok, grad_norm = False, None
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step applies
     if not non_finite:
         ok, grad_norm, _ = optimizer.step()
     if ok:
@@ -136,7 +137,7 @@ def train_rm_step(
     return StepResult(
         report=report,
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-        lr=float(optimizer.param_groups[0]["lr"]),
+        lr=float(lr),
         skipped=not ok,
         non_finite=non_finite,
     )

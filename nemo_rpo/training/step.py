@@ -107,11 +107,11 @@ def train_step(
     fp16 = get_model_config(model[0]).fp16
     non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
     ok, grad_norm = False, None
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step applies (megatron's warmup starts at 0)
     if not non_finite:
         ok, grad_norm, _ = optimizer.step()
     if ok:
         scheduler.step(increment=1)
-    lr = optimizer.param_groups[0]["lr"]
     return StepResult(
         report=report,
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
