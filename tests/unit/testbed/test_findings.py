@@ -40,5 +40,7 @@ def test_each_finding_can_fail():
 
 
 def test_findings_need_their_methods():
-    out = findings(_results({"dpo": 0.3, "rpo_bwd_k4": 0.3, "online_rpo_bwd_gt": 0.4, "online_rpo_sqloo_gt": 0.3}))
+    out = findings(
+        _results({"dpo": 0.3, "rpo_bwd_k4": 0.3, "online_rpo_bwd_gt": 0.4, "online_rpo_sqloo_gt": 0.3})
+    )
     assert [f["name"] for f in out] == ["online bwd vs sqloo (RLOO)", "online KL"]
