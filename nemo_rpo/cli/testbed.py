@@ -20,18 +20,10 @@ SCHEMA_NAME = "testbed_schema"
 
 def load_testbed_config(overrides: list[str]):
     """Compose ``conf/testbed.yaml`` with ``overrides`` and convert it to a ``TestbedConfig``."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    from nemo_rpo.config.schema import ConfigError
-    from nemo_rpo.config.store import compose_config
+    from nemo_rpo.config.store import load_typed_config
     from nemo_rpo.config.testbed_schema import TestbedConfig
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=TestbedConfig)
-    obj = OmegaConf.to_object(compose_config(overrides, CONFIG_NAME))
-    if not isinstance(obj, TestbedConfig):
-        raise ConfigError(f"config: expected a TestbedConfig, got {type(obj).__name__}")
-    return obj
+    return load_typed_config(overrides, CONFIG_NAME, SCHEMA_NAME, TestbedConfig)
 
 
 def run(cfg) -> dict:

@@ -20,18 +20,10 @@ SCHEMA_NAME = "rm_schema"
 
 def load_rm_config(overrides: list[str]):
     """Compose ``conf/train_rm.yaml`` with ``overrides`` and convert it to an ``RMTrainConfig``."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
     from nemo_rpo.config.rm_schema import RMTrainConfig
-    from nemo_rpo.config.schema import ConfigError
-    from nemo_rpo.config.store import compose_config
+    from nemo_rpo.config.store import load_typed_config
 
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=RMTrainConfig)
-    obj = OmegaConf.to_object(compose_config(overrides, CONFIG_NAME))
-    if not isinstance(obj, RMTrainConfig):
-        raise ConfigError(f"config: expected an RMTrainConfig, got {type(obj).__name__}")
-    return obj
+    return load_typed_config(overrides, CONFIG_NAME, SCHEMA_NAME, RMTrainConfig)
 
 
 def run(cfg) -> None:

@@ -49,6 +49,18 @@ def compose_config(overrides: list[str], config_name: str = "train"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def load_typed_config(overrides: list[str], config_name: str, schema_name: str, schema: type):
+    """Compose ``conf/<config_name>.yaml`` over ``schema`` (registered as ``schema_name``) -> a ``schema``."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name=schema_name, node=schema)
+    obj = OmegaConf.to_object(compose_config(overrides, config_name))
+    if not isinstance(obj, schema):
+        raise ConfigError(f"config: expected a {schema.__name__}, got {type(obj).__name__}")
+    return obj
+
+
 def load_config(overrides: list[str], config_name: str = "train") -> RPOConfig:
     return to_typed(compose_config(overrides, config_name))
 

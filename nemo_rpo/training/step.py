@@ -76,16 +76,8 @@ def reduce_report(outputs: list, keys: Sequence[str] = REPORT_KEYS) -> dict[str,
     total = torch.zeros(len(keys), dtype=torch.float64)
     for out in outputs:
         total += out["report"].to(torch.float64).cpu()
-    if torch.distributed.is_initialized():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        total = total.to(device)
-        torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
-        # Only the last pipeline stage computed the loss; give every stage the same numbers.
-        torch.distributed.broadcast(
-            total, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )  # fmt: skip
-        total = total.cpu()
+    # Summed over data-parallel ranks; only the last pipeline stage computed the loss, so share it.
+    total = share_table(total)
     return dict(zip(keys, total.tolist()))
 
 
