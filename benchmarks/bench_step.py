@@ -24,8 +24,9 @@ Run (CPU, one process, a few minutes)::
     python benchmarks/bench_step.py --micro-batch-size 8 4 2 --json out.json
     python benchmarks/bench_step.py --profile 3                       # + torch.profiler table
 
-``--tune-malloc`` makes glibc keep freed memory (``cpu_support.tune_glibc_malloc``) for the whole
-process, plain baseline included. For the allocator comparison, launch the same command under jemalloc::
+Like training (``trainer.keep_freed_memory``, on by default), the process makes glibc keep freed memory
+(``cpu_support.tune_glibc_malloc``), for every row including the plain baseline; ``--default-malloc``
+leaves glibc as it is. For the allocator comparison, launch with ``--default-malloc`` under jemalloc::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
         MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python benchmarks/bench_step.py
@@ -51,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nemo_rpo.config.schema import LossConfig, ModelConfig, RPOConfig, TrainerConfig  # noqa: E402
 from nemo_rpo.data.batch import PreferenceBatch, collate  # noqa: E402
 from nemo_rpo.data.preference import PreferenceExample  # noqa: E402
-from nemo_rpo.distributed.launch import init_distributed, set_num_threads  # noqa: E402
+from nemo_rpo.distributed.launch import configure_cpu, init_distributed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_dpo import PlainShape, plain_step_fn  # noqa: E402
@@ -93,6 +94,7 @@ def anchor_config(args: argparse.Namespace, micro_batch_size: int) -> RPOConfig:
         global_batch_size=args.prompts,
         micro_batch_size=micro_batch_size,
         num_threads=args.threads,
+        keep_freed_memory=not args.default_malloc,
     )
     return RPOConfig(
         k=2, exp_dir="/tmp/bench_step", loss=LossConfig(name="rpo_bwd"), model=model, trainer=trainer
@@ -180,7 +182,9 @@ def sft_step(model: list, optimizer, scheduler, microbatches: list[PreferenceBat
 
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
-        output = chunk(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+        output = chunk(
+            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
+        )
 
         def loss_func(output_tensor: torch.Tensor):
             nll_sum = (output_tensor.float() * batch.loss_mask).sum()
@@ -321,9 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-sft", action="store_true", help="skip the SFT comparison")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch DPO baseline")
     parser.add_argument(
-        "--tune-malloc",
+        "--default-malloc",
         action="store_true",
-        help="glibc keeps freed memory (cpu_support.tune_glibc_malloc); applies to every row of the run",
+        help="leave glibc's allocator as it is (trainer.keep_freed_memory=false); applies to every row",
     )
     parser.add_argument(
         "--profile",
@@ -342,16 +346,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=str, default=None, metavar="OUT")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
-    malloc_tuned = False
-    if args.tune_malloc:
-        from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
-
-        malloc_tuned = tune_glibc_malloc()
-        if not malloc_tuned:
-            print("--tune-malloc: not applied (no glibc, or a preloaded allocator)", flush=True)
+    from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
 
     cfg = anchor_config(args, args.micro_batch_size[0])
-    threads = set_num_threads(cfg.trainer.num_threads)
+    threads = configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
+    malloc_tuned = cfg.trainer.keep_freed_memory and tune_glibc_malloc()  # True when it applied
     init_distributed(cfg.parallel, cfg.trainer.seed)
 
     from nemo_rpo.training.builder import build_policy

@@ -44,7 +44,7 @@ from nemo_rpo.data.prompts import prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, set_num_threads
+from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.losses import PRESETS
 from nemo_rpo.training import reference
 from nemo_rpo.training.builder import build_policy, save_resolved_config
@@ -56,7 +56,7 @@ from nemo_rpo.training.step import sequence_logps, train_step
 def train_offline(cfg: RPOConfig) -> RunSummary:
     """Alg. 1: for t = 1..T, sample a batch, compute the RPO objective, update the policy (Alg. 3: I times)."""
     started = time.perf_counter()
-    set_num_threads(cfg.trainer.num_threads)
+    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
     save_resolved_config(cfg, info)
     tokenizer = build_tokenizer(cfg.data.tokenizer)

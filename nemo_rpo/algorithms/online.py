@@ -38,7 +38,7 @@ from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, set_num_threads
+from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.generation import MegatronGenerator, sampling_generator
 from nemo_rpo.losses import PRESETS
 from nemo_rpo.rewards import build_reward_model
@@ -55,7 +55,7 @@ EMBEDDED_SFT_WARMUP = 40  # steps; the tiny default model starts from random wei
 def train_online(cfg: RPOConfig) -> RunSummary:
     """Alg. 2 (and Alg. 4 when ``schedule.iterations > 1``)."""
     started = time.perf_counter()
-    set_num_threads(cfg.trainer.num_threads)
+    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
     save_resolved_config(cfg, info)
     tokenizer = build_tokenizer(cfg.data.tokenizer)

@@ -28,7 +28,7 @@ from nemo_rpo.data.preference import PreferenceDataset, load_preference_dataset
 from nemo_rpo.data.sampler import GlobalBatchSampler, split_micro_batches
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, set_num_threads
+from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.training.builder import save_resolved_config
 from nemo_rpo.training.checkpoint import save_checkpoint
 from nemo_rpo.training.logger import MetricsLogger
@@ -46,7 +46,7 @@ class RMRunSummary:
 def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
     """For t = 1..T: take a batch of prompts with K scored responses, step the RM on its pair losses."""
     started = time.perf_counter()
-    set_num_threads(cfg.trainer.num_threads)
+    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
     save_resolved_config(cfg, info)
     tokenizer = build_tokenizer(cfg.data.tokenizer)

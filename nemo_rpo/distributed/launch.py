@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from nemo_rpo.config.schema import ConfigError, ParallelConfig
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings, install_cpu_support
+from nemo_rpo.distributed.cpu_support import filter_noisy_warnings, install_cpu_support, tune_glibc_malloc
 
-__all__ = ["ParallelInfo", "init_distributed", "set_num_threads", "teardown_distributed"]
+__all__ = ["ParallelInfo", "configure_cpu", "init_distributed", "set_num_threads", "teardown_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,21 @@ def set_num_threads(n: int | None) -> int:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     return torch.get_num_threads()
+
+
+def configure_cpu(num_threads: int | None, keep_freed_memory: bool) -> int:
+    """Process-wide CPU settings, applied before the first large allocation: intra-op threads
+    (:func:`set_num_threads`) and, without a GPU and when ``keep_freed_memory``, glibc keeping freed
+    memory (:func:`~nemo_rpo.distributed.cpu_support.tune_glibc_malloc`; irreversible for the process).
+
+    Returns:
+        The number of threads torch will use.
+    """
+    threads = set_num_threads(num_threads)
+    if keep_freed_memory and not torch.cuda.is_available():
+        if not tune_glibc_malloc():
+            logger.info("keep_freed_memory: not applied (no glibc, or a preloaded allocator)")
+    return threads
 
 
 def _seed_everything(seed: int, pp_rank: int) -> None:

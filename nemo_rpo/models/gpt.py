@@ -46,11 +46,47 @@ class PolicyGPTModel(GPTModel):
     at TP=1. Fused cross-entropy settings (TE / native) keep megatron's implementation.
     """
 
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, **kwargs):  # noqa: ANN001, ANN201
+        """With ``labels`` and a ``loss_mask`` ``[b, s]``, run the output layer only on the columns the mask
+        can select (the first to the last column any row counts): prompt positions cost no LM-head GEMM
+        and no softmax. Columns outside that span get NLL 0 (the mask zeroes them anyway); the counted
+        values are the full-sequence ones, unchanged. Anything else (no mask, MTP, sequence
+        parallelism, inference) goes through megatron unchanged.
+        """
+        loss_mask = kwargs.get("loss_mask")
+        span = None
+        if (
+            labels is not None
+            and loss_mask is not None
+            and self.post_process
+            and self.config.mtp_num_layers is None
+            and not self.output_layer.sequence_parallel
+            and kwargs.get("inference_context") is None
+            and kwargs.get("packed_seq_params") is None
+        ):
+            span = _counted_span(loss_mask)
+        if span is None or span == (0, labels.shape[1]):
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, **kwargs)
+        start, end = span
+        kwargs["loss_mask"] = None
+        nll = super()._postprocess(
+            hidden_states[start:end], input_ids, position_ids, labels[:, start:end], **kwargs
+        )
+        return F.pad(nll, (start, labels.shape[1] - end))
+
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.config.cross_entropy_loss_fusion:
             return super().compute_language_model_loss(labels, logits)
         # logits [s, b, V/tp], labels [b, s] -> per-token NLL [b, s]
         return vocab_parallel_nll(logits, labels.t()).t().contiguous()
+
+
+def _counted_span(loss_mask: torch.Tensor) -> tuple[int, int] | None:
+    """``(first, last + 1)`` of the columns where any row of ``loss_mask`` ``[b, s]`` is non-zero."""
+    cols = torch.nonzero(loss_mask.ne(0).any(dim=0)).flatten()
+    if cols.numel() == 0:
+        return None
+    return int(cols[0]), int(cols[-1]) + 1
 
 
 def padded_vocab_size(vocab_size: int, model: ModelConfig, parallel: ParallelConfig) -> int:

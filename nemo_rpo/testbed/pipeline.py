@@ -40,7 +40,7 @@ from nemo_rpo.config.testbed_schema import TestbedConfig
 from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.prompts import prompts_from_texts
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import init_distributed, set_num_threads, teardown_distributed
+from nemo_rpo.distributed.launch import configure_cpu, init_distributed, teardown_distributed
 from nemo_rpo.testbed.methods import MethodSpec, method_spec
 from nemo_rpo.testbed.report import aggregate, findings, format_findings, format_table, write_plots
 from nemo_rpo.testbed.tasks import JUDGE, make_splits
@@ -55,7 +55,7 @@ KEEP_ALL = 10_000  # checkpoints kept per run: every one is a candidate for sele
 def run_testbed(cfg: TestbedConfig) -> dict:
     """Run every stage that is not finished yet; write ``results.json``, the table and the plots."""
     started = time.perf_counter()
-    set_num_threads(cfg.num_threads)
+    configure_cpu(cfg.num_threads, cfg.keep_freed_memory)
     info = init_distributed(ParallelConfig(), cfg.data_seed)
     if info.world_size != 1:
         raise ConfigError("nemo-rpo-testbed runs in one process (launch it without torchrun)")
@@ -140,6 +140,7 @@ def _rpo_config(cfg: TestbedConfig, exp_dir: Path, *, mode: str, loss, k: int, s
             log_interval=1 if mode == "online" else max(1, steps // 4),
             seed=seed,
             num_threads=cfg.num_threads,
+            keep_freed_memory=cfg.keep_freed_memory,
         ),  # fmt: skip
         checkpoint=CheckpointConfig(
             save_interval=save_interval,
@@ -174,7 +175,7 @@ def _train_rm(cfg: TestbedConfig, exp_dir: Path, data: Path) -> None:
         optim=OptimConfig(lr=cfg.rm_lr, min_lr=cfg.rm_lr, warmup_steps=0, decay_style="constant"),
         trainer=TrainerConfig(max_steps=steps, global_batch_size=cfg.batch_size,
                               micro_batch_size=cfg.micro_batch_size, log_interval=max(1, steps // 4),
-                              seed=cfg.data_seed, num_threads=cfg.num_threads),
+                              seed=cfg.data_seed, num_threads=cfg.num_threads, keep_freed_memory=cfg.keep_freed_memory),
         checkpoint=CheckpointConfig(save_interval=steps), logging=LoggingConfig(tensorboard=False, progress_bar=False),
     )  # fmt: skip
     train_reward_model(rm)

@@ -50,9 +50,11 @@ class StepResult:
 def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], loss: LossConfig):
     def forward_step(data_iterator: Iterator[PreferenceBatch], model: torch.nn.Module):
         batch = next(data_iterator)
-        # With labels, GPTModel returns the per-token NLL [b, s] from vocab-parallel logits:
-        # no full-vocabulary gather on any rank.
-        output = model(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+        # With labels, GPTModel returns the per-token NLL [b, s] from vocab-parallel logits (no
+        # full-vocabulary gather on any rank), over the loss mask's columns only (PolicyGPTModel).
+        output = model(
+            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
+        )
         return output, make_loss_func(batch, ref_lookup(batch), loss)
 
     return forward_step
@@ -144,7 +146,9 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
 
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
-        output = chunk(batch.input_ids, batch.position_ids, None, labels=batch.labels)
+        output = chunk(
+            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
+        )
 
         def loss_func(output_tensor):
             token_logps = -output_tensor.float()

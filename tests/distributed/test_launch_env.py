@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,29 @@ def test_set_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
             launch.set_num_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from nemo_rpo.distributed.launch import configure_cpu
+configure_cpu(1, sys.argv[1] == "keep")
+for _ in range(2):  # warm up: the first round maps the pages in either mode
+    torch.ones(16 << 20).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):  # 64 MiB allocated, written and freed per round
+    torch.ones(16 << 20).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or sys.platform != "linux", reason="glibc, CPU only")
+def test_keep_freed_memory_stops_refaulting_large_blocks() -> None:
+    """With keep_freed_memory a freed 64 MiB block is reused without new page faults; without it glibc
+    unmaps it and every round faults its 16k pages in again."""
+    faults = {}
+    for mode in ("keep", "default"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                             check=True, timeout=120)  # fmt: skip
+        faults[mode] = int(out.stdout.split()[-1])
+    assert faults["default"] > 4 * 10_000, faults
+    assert faults["keep"] < 1_000, faults

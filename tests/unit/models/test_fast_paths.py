@@ -104,3 +104,35 @@ def test_policy_model_equals_megatron_paths(world1: ParallelInfo, tiny_config, m
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_loss_mask_span_equals_full_head(world1: ParallelInfo, tiny_config) -> None:
+    """With ``loss_mask``, the LM head runs only over the counted columns: the counted NLL values and
+    every weight gradient equal those of the full-sequence head, and uncounted columns are 0."""
+    cfg = tiny_config(transformer_impl="local", untie_embeddings_and_output_weights=True)
+    model = build_gpt_model(cfg, ParallelConfig(), 100, init_seed=3)
+    gen = torch.Generator().manual_seed(5)
+    b, s = 3, cfg.max_seq_len
+    ids = torch.randint(0, 100, (b, s), generator=gen)
+    labels = torch.randint(0, 100, (b, s), generator=gen)
+    pos = torch.arange(s).expand(b, s)
+    mask = torch.zeros(b, s)
+    mask[0, 5 : s - 3] = 1.0  # rows with different prompt lengths: the span is the union
+    mask[1, 9 : s - 1] = 1.0
+    mask[2, 7:12] = 1.0
+    weight = torch.rand(b, s, generator=gen) * mask
+
+    def run(**kwargs):
+        model.zero_grad()
+        nll = model(ids, pos, None, labels=labels, **kwargs)
+        (nll * weight).sum().backward()
+        return nll.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full, full_grads = run()
+    span, span_grads = run(loss_mask=mask)
+    assert span.shape == full.shape
+    assert torch.equal(span[:, :5], torch.zeros(b, 5)) and torch.equal(span[:, s - 1 :], torch.zeros(b, 1))
+    assert span[:, 5 : s - 1].abs().min() > 0  # computed (an NLL over 100 tokens is never 0)
+    torch.testing.assert_close(span[:, 5 : s - 1], full[:, 5 : s - 1], atol=1e-6, rtol=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(span_grads[name], grad, atol=1e-6, rtol=1e-6, msg=name)
