@@ -297,10 +297,11 @@ def profile(fn, steps: int, row_limit: int = 25) -> str:
     from torch.profiler import profile as torch_profile
 
     fn()
-    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+    shapes = os.environ.get("BENCH_PROFILE_SHAPES") == "1"
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         for _ in range(steps):
             fn()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+    table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=row_limit)
     return table
 
 

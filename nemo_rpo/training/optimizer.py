@@ -128,8 +128,28 @@ def build_optimizer(
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(opt_config, list(models))
+    if not torch.cuda.is_available():
+        _use_fused_cpu_adam(optimizer)
     config.grad_scale_func = optimizer.scale_loss
     return optimizer, build_scheduler(optimizer, optim, max_steps)
+
+
+def _use_fused_cpu_adam(optimizer: MegatronOptimizer) -> None:
+    """Switch megatron's ``torch.optim.AdamW`` fallback to torch's fused CPU kernel (one pass per tensor
+    instead of a dozen elementwise ops; ~4x faster on the anchor shape, same update to float rounding).
+
+    Megatron constructs the optimizer itself without a ``fused`` argument; the flag is read from the
+    param groups at every ``step()``, so it is set there. Only fp32 CPU parameters qualify (the main
+    params of bf16/fp16 models are fp32 too).
+    """
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    for opt in chained:
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+            continue
+        for group in inner.param_groups:
+            if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in group["params"]):
+                group["fused"], group["foreach"] = True, False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from nemo_rpo.algorithms.common import count_skipped, microbatches, table_lookup
-from nemo_rpo.config.schema import ModelConfig, OptimConfig, RPOConfig, TrainerConfig
 from nemo_rpo.data.preference import PreferenceExample
-from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
 from nemo_rpo.training.logger import MetricsLogger
 from nemo_rpo.training.step import NonFiniteStepsError, StepResult, train_step
 
@@ -46,17 +44,6 @@ def test_metrics_truncation_drops_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
     MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_step=2)
     assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:2]) + "\n"
-
-
-@pytest.fixture
-def world1(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
-    cfg = RPOConfig(model=ModelConfig(hidden_size=32, max_seq_len=16), optim=OptimConfig(warmup_steps=0),
-                    trainer=TrainerConfig(global_batch_size=2, micro_batch_size=2))  # fmt: skip
-    info = init_distributed(cfg.parallel, seed=0)
-    yield cfg, info
-    teardown_distributed()
 
 
 def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1, monkeypatch):
