@@ -19,6 +19,10 @@ module rewrites those assumptions at run time, in one place, and only when there
    ``torch.cuda.manual_seed`` silently does nothing and ``torch.cuda.get_rng_state`` raises.
 4. Inference: ``TextGenerationController`` builds ``torch.Generator(device=cuda)`` in ``__init__``;
    generator construction is not a torch function, so the mode cannot see it.
+5. Speed, same numbers: megatron's linear-layer autograd function computes narrow-output products in
+   row blocks (:class:`_CpuLinear`; bit-identical, faster with MKL on a small CPU).
+6. :func:`tune_glibc_malloc` (not installed here: ``launch.configure_cpu`` applies it when
+   ``trainer.keep_freed_memory``) stops glibc from unmapping and re-faulting large blocks every step.
 
 None of this changes numerics; dropout masks come from the CPU generator, so they differ from a GPU run.
 :func:`install_cpu_support` is idempotent and does nothing at all when ``torch.cuda.is_available()``:
@@ -281,7 +285,84 @@ def _patch_inference() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. Allocator (opt-in)
+# 5. Linear layers: row-blocked narrow GEMMs
+# --------------------------------------------------------------------------------------------------
+
+# On the 2-core development CPU, MKL's sgemm runs products with a narrow output (N <= 512 columns: a
+# layer's output projection, fc2, and the input-gradient GEMMs of qkv, fc1 and the LM head) 20-40%
+# faster when the rows are fed in blocks of 512 than as one [M, K] x [K, N] call; every output row is
+# computed by the same kernel either way (bit-identical, tested). One anchor-shape step: 3.4% faster
+# (median of 10 interleaved pairs). Wide outputs are left to MKL.
+_BLOCK_ROWS = 512
+_BLOCK_MAX_COLS = 512
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [..., K] @ b [K, N] -> [..., N]``, in row blocks when the output is narrow and tall."""
+    rows = a.numel() // a.shape[-1] if a.shape[-1] else 0
+    cols = b.shape[1]
+    if cols > _BLOCK_MAX_COLS or rows < 3 * _BLOCK_ROWS:
+        return torch.matmul(a, b)
+    a2 = a.reshape(rows, a.shape[-1])
+    out = torch.empty(rows, cols, dtype=torch.result_type(a, b), device=a.device)
+    for i in range(0, rows, _BLOCK_ROWS):
+        torch.mm(a2[i : i + _BLOCK_ROWS], b, out=out[i : i + _BLOCK_ROWS])
+    return out.view(*a.shape[:-1], cols)
+
+
+class _CpuLinear(torch.autograd.Function):
+    """megatron's ``LinearWithGradAccumulationAndAsyncCommunication`` for the case CPU runs take (no
+    sequence parallelism, no gradient-accumulation fusion, no deferred weight gradients), through
+    :func:`_mm`; the same products, and the same input-gradient all-reduce under tensor parallelism."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, allreduce_dgrad, tp_group):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(input, weight)
+        ctx.use_bias, ctx.allreduce_dgrad, ctx.tp_group = bias is not None, allreduce_dgrad, tp_group
+        output = _mm(input, weight.t())
+        return output + bias if bias is not None else output
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: ANN001, ANN205
+        input, weight = ctx.saved_tensors
+        grad_input = _mm(grad_output, weight)
+        handle = None
+        if ctx.allreduce_dgrad:
+            handle = torch.distributed.all_reduce(grad_input, group=ctx.tp_group, async_op=True)
+        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_weight = (
+            grad_2d.t().matmul(input.reshape(-1, input.shape[-1])) if ctx.needs_input_grad[1] else None
+        )
+        grad_bias = grad_2d.sum(dim=0) if ctx.use_bias else None
+        if handle is not None:
+            handle.wait()
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def _patch_linear() -> None:
+    from megatron.core.tensor_parallel import layers
+
+    original = layers.linear_with_grad_accumulation_and_async_allreduce
+    if getattr(original, "_nemo_rpo_cpu_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,  # noqa: ANN001, ANN202
+               grad_output_buffer=None, wgrad_deferral_limit=0, async_grad_allreduce=None, tp_group=None):  # fmt: skip
+        if gradient_accumulation_fusion or sequence_parallel or grad_output_buffer is not None:
+            return original(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,
+                            grad_output_buffer, wgrad_deferral_limit, async_grad_allreduce, tp_group)  # fmt: skip
+        if async_grad_allreduce is not None:
+            allreduce_dgrad = async_grad_allreduce
+        tp_group = layers.get_tensor_model_parallel_group_if_none(tp_group)
+        return _CpuLinear.apply(input, weight, bias, allreduce_dgrad, tp_group)
+
+    linear._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
+    layers.linear_with_grad_accumulation_and_async_allreduce = linear
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Allocator (trainer.keep_freed_memory, applied by launch.configure_cpu)
 # --------------------------------------------------------------------------------------------------
 
 # glibc <malloc.h> parameter ids.
@@ -342,5 +423,6 @@ def install_cpu_support() -> None:
     _wrap_method(CheckpointWithoutOutput, "_recompute")
     _patch_rng_tracker()
     _patch_inference()
+    _patch_linear()
     _MODE.__enter__()  # stays on for the life of the process
     _INSTALLED = True

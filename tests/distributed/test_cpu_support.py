@@ -82,3 +82,41 @@ def test_megatron_rng_tracker_runs_on_the_cpu_generator() -> None:
     assert torch.equal(draw(), first)  # and is reproducible from its seed
     tensor_parallel.model_parallel_cuda_manual_seed(5, tp_rank=1, ep_rank=0, etp_rank=0)
     assert not torch.equal(draw(), first)  # another TP rank gets another stream
+
+
+@pytest.mark.parametrize(("rows", "k", "n"), [(2048, 96, 64), (2048, 64, 600), (100, 64, 32)])
+def test_blocked_mm_is_bit_identical(rows: int, k: int, n: int) -> None:
+    """Narrow tall products go in row blocks (first case); the others are plain matmuls."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows // 4, 4, k, generator=gen), torch.randn(k, n, generator=gen)
+    assert torch.equal(cpu_support._mm(a, b), torch.matmul(a, b))
+
+
+def test_linear_layers_use_the_cpu_function_with_megatron_numbers(monkeypatch) -> None:
+    """megatron's linear layers route through _CpuLinear; output and every gradient are bit-identical to
+    megatron's own autograd function (one process: the input-gradient all-reduce is the TP tests')."""
+    from megatron.core.tensor_parallel import layers
+
+    calls, real_apply = [], cpu_support._CpuLinear.apply
+    monkeypatch.setattr(cpu_support._CpuLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 4, 48, generator=gen)
+    weight = torch.randn(40, 48, generator=gen)
+    bias = torch.randn(40, generator=gen)
+    grad = torch.randn(512, 4, 40, generator=gen)
+
+    def run(fn):
+        xi, wi, bi = (t.clone().requires_grad_() for t in (x, weight, bias))
+        out = fn(xi, wi, bi, False, False, False, tp_group=None)
+        out.backward(grad)
+        return out.detach(), xi.grad, wi.grad, bi.grad
+
+    ours = run(layers.linear_with_grad_accumulation_and_async_allreduce)
+    assert calls, "megatron's linear did not go through _CpuLinear"
+
+    def megatron_original(i, w, b, *flags, tp_group=None):
+        return layers.LinearWithGradAccumulationAndAsyncCommunication.apply(i, w, b, *flags, None, 0, None)
+
+    theirs = run(megatron_original)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ours, theirs):
+        assert torch.equal(a, b), name
