@@ -145,6 +145,17 @@ def count_params(model_chunks: list) -> tuple[int, int]:
     return total, matmul + (0 if has_output_layer else embedding)
 
 
+def head_params(model_chunks: list) -> int:
+    """Parameters of the LM-head matmul (``V x h``; the embedding's when tied)."""
+    for chunk in model_chunks:
+        for name, p in chunk.named_parameters():
+            if "output_layer" in name:
+                return p.numel()
+    return next(
+        p.numel() for chunk in model_chunks for n, p in chunk.named_parameters() if "word_embeddings" in n
+    )
+
+
 def flops_per_token(n_matmul: int, num_layers: int, hidden: int, seq: int) -> int:
     """Megatron-LM convention: 6 N_matmul (fwd+bwd of every matmul, LM head included) + 12 L h s (attention)."""
     return 6 * n_matmul + 12 * num_layers * hidden * seq
@@ -301,7 +312,9 @@ def profile(fn, steps: int, row_limit: int = 25) -> str:
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         for _ in range(steps):
             fn()
-    table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=row_limit)
+    table = prof.key_averages(group_by_input_shape=shapes).table(
+        sort_by="self_cpu_time_total", row_limit=row_limit
+    )
     return table
 
 
@@ -454,6 +467,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"FLOPs/token = 6*N_matmul + 12*L*h*s = 6*{n_matmul:,} + 12*{cfg.model.num_layers}*"
           f"{cfg.model.hidden_size}*{seq} = {fpt:,}; per step {flops_per_step / 1e9:.1f} GFLOP "
           f"(reference precomputed: no extra forward)")  # fmt: skip
+    head_positions = RESPONSE_LEN  # the loss mask's columns: prompt_len - 1 .. seq - 2
+    head_saved = 6 * head_params(model) * (seq - head_positions) * args.prompts * cfg.k
+    print(f"the megatron rows run the LM head only over the loss mask's {head_positions} of {seq} positions: "
+          f"{(flops_per_step - head_saved) / 1e9:.1f} GFLOP executed per step; MFU and GFLOP/s below use "
+          "the convention's full count, as the plain row (full head) does")  # fmt: skip
     print(f"fp32 GEMM peak (torch.matmul, {threads} threads): {peak:.1f} GFLOP/s  "
           f"[before {fmt_sizes(peak_before)}; after {fmt_sizes(peak_after)}]")  # fmt: skip
     print(f"setup: collate {collate_s * 1e3:.1f} ms, reference log-probs (1 fwd, mbs "
