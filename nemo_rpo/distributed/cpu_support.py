@@ -304,10 +304,13 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if cols > _BLOCK_MAX_COLS or rows < 3 * _BLOCK_ROWS:
         return torch.matmul(a, b)
     a2 = a.reshape(rows, a.shape[-1])
-    out = torch.empty(rows, cols, dtype=torch.result_type(a, b), device=a.device)
+    # Allocated in the result's shape and returned as is: a view returned from a custom autograd
+    # Function may not be modified in place later (megatron adds biases and residuals in place).
+    out = torch.empty(*a.shape[:-1], cols, dtype=torch.result_type(a, b), device=a.device)
+    out2 = out.view(rows, cols)
     for i in range(0, rows, _BLOCK_ROWS):
-        torch.mm(a2[i : i + _BLOCK_ROWS], b, out=out[i : i + _BLOCK_ROWS])
-    return out.view(*a.shape[:-1], cols)
+        torch.mm(a2[i : i + _BLOCK_ROWS], b, out=out2[i : i + _BLOCK_ROWS])
+    return out
 
 
 class _CpuLinear(torch.autograd.Function):
