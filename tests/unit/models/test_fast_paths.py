@@ -80,16 +80,21 @@ def test_nll_out_of_range_label_keeps_megatron_semantics(world1: ParallelInfo) -
     torch.testing.assert_close(token_logps(logits, torch.tensor([1, -100, 3, 0]))[1], torch.tensor(0.0))
 
 
-def test_policy_model_equals_megatron_paths(world1: ParallelInfo, tiny_config, monkeypatch) -> None:
-    """Whole model: loss and every weight gradient equal megatron's RoPE + cross-entropy."""
+def _tiny_model_and_batch(tiny_config, b: int, seed: int):
+    """An untied tiny policy (vocab 100) and random ``ids, labels, pos`` ``[b, s]`` plus the generator."""
     cfg = tiny_config(transformer_impl="local", untie_embeddings_and_output_weights=True)
     model = build_gpt_model(cfg, ParallelConfig(), 100, init_seed=3)
-    gen = torch.Generator().manual_seed(4)
-    b, s = 2, cfg.max_seq_len
+    gen = torch.Generator().manual_seed(seed)
+    s = cfg.max_seq_len
     ids = torch.randint(0, 100, (b, s), generator=gen)
     labels = torch.randint(0, 100, (b, s), generator=gen)
-    pos = torch.arange(s).expand(b, s)
-    weight = torch.rand(b, s, generator=gen)
+    return model, ids, labels, torch.arange(s).expand(b, s), gen
+
+
+def test_policy_model_equals_megatron_paths(world1: ParallelInfo, tiny_config, monkeypatch) -> None:
+    """Whole model: loss and every weight gradient equal megatron's RoPE + cross-entropy."""
+    model, ids, labels, pos, gen = _tiny_model_and_batch(tiny_config, 2, seed=4)
+    weight = torch.rand(*ids.shape, generator=gen)
 
     def run():
         model.zero_grad()
@@ -109,13 +114,8 @@ def test_policy_model_equals_megatron_paths(world1: ParallelInfo, tiny_config, m
 def test_loss_mask_span_equals_full_head(world1: ParallelInfo, tiny_config) -> None:
     """With ``loss_mask``, the LM head runs only over the counted columns: the counted NLL values and
     every weight gradient equal those of the full-sequence head, and uncounted columns are 0."""
-    cfg = tiny_config(transformer_impl="local", untie_embeddings_and_output_weights=True)
-    model = build_gpt_model(cfg, ParallelConfig(), 100, init_seed=3)
-    gen = torch.Generator().manual_seed(5)
-    b, s = 3, cfg.max_seq_len
-    ids = torch.randint(0, 100, (b, s), generator=gen)
-    labels = torch.randint(0, 100, (b, s), generator=gen)
-    pos = torch.arange(s).expand(b, s)
+    model, ids, labels, pos, gen = _tiny_model_and_batch(tiny_config, 3, seed=5)
+    b, s = ids.shape
     mask = torch.zeros(b, s)
     mask[0, 5 : s - 3] = 1.0  # rows with different prompt lengths: the span is the union
     mask[1, 9 : s - 1] = 1.0
