@@ -93,23 +93,25 @@ _FAULTS_SCRIPT = """
 import resource, sys, torch
 from nemo_rpo.distributed.launch import configure_cpu
 configure_cpu(1, sys.argv[1] == "keep")
-for _ in range(2):  # warm up: the first round maps the pages in either mode
+torch.ones(16 << 20).sum()  # the first round maps the pages in either mode
+faults = []
+for _ in range(8):  # 64 MiB allocated, written and freed per round
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 << 20).sum()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):  # 64 MiB allocated, written and freed per round
-    torch.ones(16 << 20).sum()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or sys.platform != "linux", reason="glibc, CPU only")
 def test_keep_freed_memory_stops_refaulting_large_blocks() -> None:
-    """With keep_freed_memory a freed 64 MiB block is reused without new page faults; without it glibc
-    unmaps it and every round faults its 16k pages in again."""
+    """Without keep_freed_memory glibc unmaps a freed 64 MiB block and every round faults its 16k pages in
+    again; with it the block stays in the heap and is reused. The heap may still grow once more after
+    the first round (glibc's placement of small blocks varies from run to run), never every round."""
     faults = {}
     for mode in ("keep", "default"):
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
                              check=True, timeout=120)  # fmt: skip
-        faults[mode] = int(out.stdout.split()[-1])
-    assert faults["default"] > 4 * 10_000, faults
-    assert faults["keep"] < 1_000, faults
+        faults[mode] = [int(n) for n in out.stdout.split()[-8:]]
+    assert all(n > 10_000 for n in faults["default"]), faults
+    assert sum(n > 1_000 for n in faults["keep"]) <= 1, faults
