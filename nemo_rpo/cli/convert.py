@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     debug = os.environ.get("NEMO_RPO_DEBUG") == "1"
     try:
-        from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+        from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
-        filter_noisy_warnings()
+        prepare_megatron_import()
         if args.command == "hf-to-mcore":
             _launch_hf_to_mcore(args, argv)
         else:

@@ -34,9 +34,9 @@ def apply_init_from_hf(dict_cfg, overrides: Iterable[str]) -> None:
         return
     # Imported only here: megatron (under nemo_rpo.models) is slow to import and noisy, and most runs do
     # not start from HF.
-    from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
-    filter_noisy_warnings()
+    prepare_megatron_import()
     from nemo_rpo.models.hf_io import read_hf_config
     from nemo_rpo.models.hf_mapping import check_sequence_fits, model_fields_from_hf
 

@@ -27,9 +27,9 @@ def load_testbed_config(overrides: list[str]):
 
 
 def run(cfg) -> dict:
-    from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
-    filter_noisy_warnings()  # before megatron is imported: its import-time warnings flood CPU runs
+    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
     from nemo_rpo.testbed.pipeline import run_testbed
 
     return run_testbed(cfg)

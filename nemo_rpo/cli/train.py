@@ -22,9 +22,9 @@ def _debug_requested(argv: list[str]) -> bool:
 
 def run(cfg) -> None:
     """Dispatch a typed config to its algorithm."""
-    from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
-    filter_noisy_warnings()  # before megatron is imported: its import-time warnings flood CPU runs
+    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
     from nemo_rpo.distributed.launch import teardown_distributed
 
     if cfg.mode == "online":

@@ -28,9 +28,9 @@ def load_rm_config(overrides: list[str]):
 
 def run(cfg) -> None:
     """Train the reward model described by a typed ``RMTrainConfig``."""
-    from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
-    filter_noisy_warnings()  # before megatron is imported: its import-time warnings flood CPU runs
+    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
     from nemo_rpo.algorithms.reward_model import train_reward_model
     from nemo_rpo.distributed.launch import teardown_distributed
 

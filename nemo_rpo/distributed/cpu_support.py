@@ -23,6 +23,10 @@ module rewrites those assumptions at run time, in one place, and only when there
    row blocks (:class:`_CpuLinear`; bit-identical, faster with MKL on a small CPU).
 6. :func:`tune_glibc_malloc` (not installed here: ``launch.configure_cpu`` applies it when
    ``trainer.keep_freed_memory``) stops glibc from unmapping and re-faulting large blocks every step.
+7. Start-up: :func:`prepare_megatron_import` (call it before the first ``import megatron``) makes
+   ``torch.compile`` of a plain function defer its work, dynamo and inductor imports included, to the
+   function's first call. Megatron decorates its fused kernels with ``torch.compile`` at import time,
+   which costs ~3 s per process; a CPU run never calls those kernels.
 
 None of this changes numerics; dropout masks come from the CPU generator, so they differ from a GPU run.
 :func:`install_cpu_support` is idempotent and does nothing at all when ``torch.cuda.is_available()``:
@@ -39,6 +43,7 @@ import functools
 import os
 import sys
 import time
+import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -46,10 +51,17 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
-__all__ = ["filter_noisy_warnings", "install_cpu_support", "is_cpu_support_installed", "tune_glibc_malloc"]
+__all__ = [
+    "filter_noisy_warnings",
+    "install_cpu_support",
+    "is_cpu_support_installed",
+    "prepare_megatron_import",
+    "tune_glibc_malloc",
+]
 
 _INSTALLED = False
 _WARNINGS_FILTERED = False
+_COMPILE_DEFERRED = False
 
 # Messages (regex prefixes) that flood every CPU run and carry no information for us.
 _NOISY_WARNINGS = (
@@ -75,6 +87,43 @@ def filter_noisy_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.core")
     _WARNINGS_FILTERED = True
+
+
+def prepare_megatron_import() -> None:
+    """Call before the first ``import megatron``: filters its import-time warnings (CPU and GPU) and, on
+    CPU only, defers ``torch.compile`` of plain functions to their first call (item 7 above)."""
+    global _COMPILE_DEFERRED
+    filter_noisy_warnings()
+    if _COMPILE_DEFERRED or torch.cuda.is_available():
+        return
+    torch.compile = _deferred_compile(torch.compile)
+    _COMPILE_DEFERRED = True
+
+
+def _deferred_compile(compile_fn):  # noqa: ANN001, ANN202 - wraps torch.compile's own signature
+    """``torch.compile`` that, given a plain function, returns a wrapper compiling it on first call.
+
+    Modules, and anything else that is not a plain function, go to ``compile_fn`` at once, unchanged.
+    """
+
+    @functools.wraps(compile_fn)
+    def compile_later(model=None, **kwargs):  # noqa: ANN001, ANN202
+        if model is None:  # used as ``@torch.compile(...)``
+            return lambda fn: compile_later(fn, **kwargs)
+        if not isinstance(model, types.FunctionType):
+            return compile_fn(model, **kwargs)
+        compiled = None
+
+        @functools.wraps(model)
+        def run(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_fn(model, **kwargs)
+            return compiled(*args, **kw)
+
+        return run
+
+    return compile_later
 
 
 def is_cpu_support_installed() -> bool:

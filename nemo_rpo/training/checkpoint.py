@@ -24,6 +24,11 @@ saved in megatron's layout-independent form (the distributed optimizer in its ``
 format), so a checkpoint written with one TP/PP/DP layout loads into another. RNG states are restored
 only into the same layout (per-rank streams do not map across).
 
+Saves are synchronous. Megatron's writer reports its results through a queue served by a
+``multiprocessing`` manager started with ``spawn`` (~4 s per process, and a helper process that outlives
+a killed run); a synchronous save needs no such process, so its queue is an in-process ``queue.Queue``
+(:func:`_in_process_write_results`).
+
 Test hook: ``NEMO_RPO_TEST_KILL_AT=save:<step>`` makes rank 0 ``os._exit(137)`` while saving ``step``,
 after the temporary directory is complete and before it is renamed (what a SIGKILL there would do).
 """
@@ -34,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import shutil
 import time
@@ -275,6 +281,19 @@ def _test_kill_hook(step: int) -> None:
         os._exit(137)
 
 
+def _in_process_write_results() -> None:
+    """Give megatron's file writer an in-process results queue (our saves never run asynchronously).
+
+    ``FileSystemWriterAsync`` collects the results of its writer processes in the calling process and
+    hands them over through a module-level queue, created on first use as a spawn-context manager
+    queue for the case where the whole write runs in a background process (``async_save``).
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(
     exp_dir: str | os.PathLike,
     step: int,
@@ -317,6 +336,7 @@ def save_checkpoint(
     state = _sharded_state(model, optimizer, is_loading=False)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
+    _in_process_write_results()
     dist_checkpointing.save(state, str(tmp))
 
     (tmp / _RNG_DIR).mkdir(exist_ok=True)

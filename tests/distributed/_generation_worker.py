@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nemo_rpo.config.schema import GenerationConfig, ModelConfig, ParallelConfig
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
 
 VOCAB, PAD, EOS = 259, 256, 258
@@ -40,7 +40,7 @@ def sample(model, cfg: GenerationConfig) -> dict[str, torch.Tensor]:  # noqa: AN
 
 
 def main() -> None:
-    filter_noisy_warnings()
+    prepare_megatron_import()
     out_dir = Path(sys.argv[1])
     from nemo_rpo.models.gpt import build_gpt_model
 

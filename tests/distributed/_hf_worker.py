@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_tiny import VOCAB, tiny_hf_model  # noqa: E402
 
 from nemo_rpo.config.schema import ModelConfig, ParallelConfig  # noqa: E402
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings  # noqa: E402
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import  # noqa: E402
 from nemo_rpo.distributed.launch import init_distributed, teardown_distributed  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def hf_sequence_logps(hf, examples) -> torch.Tensor:  # noqa: ANN001
 
 
 def main() -> None:
-    filter_noisy_warnings()
+    prepare_megatron_import()
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from nemo_rpo.algorithms.common import microbatches

@@ -15,7 +15,7 @@ import torch
 
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.config.schema import CheckpointConfig, DataConfig, ModelConfig, ParallelConfig
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
 
 SEED = 1234
@@ -30,7 +30,7 @@ def rm_config() -> RMTrainConfig:
 
 
 def main(out: Path) -> None:
-    filter_noisy_warnings()
+    prepare_megatron_import()
     from nemo_rpo.data.tokenizer import build_tokenizer
     from nemo_rpo.models.reward import build_reward_model
     from nemo_rpo.rewards.megatron_rm import MegatronRewardModel

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nemo_rpo.config.schema import ModelConfig, OptimConfig, ParallelConfig
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 from nemo_rpo.distributed.launch import ParallelInfo, init_distributed, teardown_distributed
 
 VOCAB = 256
@@ -332,7 +332,7 @@ def train_single(out_dir: Path) -> None:
 
 
 def main() -> None:
-    filter_noisy_warnings()  # megatron is imported lazily below, after the filters
+    prepare_megatron_import()  # megatron is imported lazily below, after the filters
     worker, out_dir = sys.argv[1], Path(sys.argv[2])
     {"equivalence": equivalence, "train_multi": train_multi, "train_single": train_single}[worker](out_dir)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -122,3 +125,37 @@ def test_linear_layers_use_the_cpu_function_with_megatron_numbers(monkeypatch, w
     theirs = run(megatron_original)
     for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ours, theirs):
         assert (a is None and b is None and not with_bias) or torch.equal(a, b), name
+
+
+_IMPORT_SCRIPT = """
+import sys, torch
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import
+prepare_megatron_import()
+import megatron.core.models.gpt, megatron.core.transformer
+from megatron.core.fusions.fused_bias_swiglu import swiglu
+print("dynamo imported by megatron:", "torch._dynamo" in sys.modules)
+print("megatron kernel keeps its name:", swiglu.__name__, swiglu.__wrapped__.__module__)
+
+@torch.compile(backend="eager", fullgraph=True)
+def double_then_add(x, y):
+    return 2 * x + y
+
+x = torch.arange(6.0).view(2, 3)
+print("decorator result:", torch.equal(double_then_add(x, 1.0), 2 * x + 1.0))
+print("dynamo imported at first call:", "torch._dynamo" in sys.modules)
+print("module compiled at once:", type(torch.compile(torch.nn.Linear(2, 2), backend="eager")).__name__)
+"""
+
+
+def test_prepare_megatron_import_defers_torch_compile_to_first_call() -> None:
+    """Importing megatron no longer imports dynamo (megatron's ``@torch.compile`` kernels are deferred);
+    a deferred function compiles on its first call, keeps its options and computes the same numbers."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=300)  # fmt: skip
+    assert out.stdout.splitlines() == [
+        "dynamo imported by megatron: False",
+        "megatron kernel keeps its name: swiglu megatron.core.fusions.fused_bias_swiglu",
+        "decorator result: True",
+        "dynamo imported at first call: True",
+        "module compiled at once: OptimizedModule",
+    ], out.stdout + out.stderr[-2000:]

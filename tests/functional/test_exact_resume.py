@@ -50,8 +50,8 @@ def _run(exp_dir: Path, args: list[str], **env: str) -> subprocess.CompletedProc
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the run's whole process group, as a scheduler kills a job.
 
-    A run that dies abruptly leaves megatron's checkpoint writer helper (a ``multiprocessing`` manager
-    process) behind, holding the run's output open; killing the group ends it too.
+    Killing the group also ends any child the run had at that moment (megatron's checkpoint writer
+    forks one process per file while saving), so none is left holding the run's output open.
     """
     try:
         os.killpg(proc.pid, signal.SIGKILL)
