@@ -38,6 +38,8 @@ setup(
         "logging": ["tensorboard", "wandb"],
         "slurm": ["hydra-submitit-launcher"],
         "plot": ["matplotlib"],
+        # benchmarks/bench_step.py --trl: the TRL DPOTrainer row (measured with trl 1.16.0)
+        "bench": ["trl==1.16.0", "transformers>=4.45"],
     },
     entry_points={
         "console_scripts": [

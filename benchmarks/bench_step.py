@@ -13,9 +13,13 @@ tokens (64 prompt + 192 response) of random token ids, and reports:
 * a plain-PyTorch DPO step (``benchmarks/plain_dpo.py``: same shape, nn.Linear/RMSNorm/RoPE/SwiGLU/SDPA,
   log_softmax+gather, precomputed reference, torch AdamW) and the megatron-RPO / plain-DPO speed ratio,
   a machine-independent comparison with the notes' plain-loop row;
+* with ``--trl``, Hugging Face TRL's ``DPOTrainer`` on the same shape with precomputed reference
+  log-probs (``benchmarks/trl_dpo.py``, a subprocess per round; needs ``pip install -e .[bench]``, or
+  ``--trl-python`` naming an interpreter that has ``trl``): the notes' TRL row re-measured in the same
+  rounds, so the "2x TRL" target is checked as a same-run ratio;
 * ratios against the published anchors (taken from the notes, not re-measured here).
 
-RPO, SFT and plain repetitions are interleaved in rounds (rotating which goes first) so machine noise
+RPO, SFT, plain (and TRL) repetitions are interleaved in rounds (rotating which goes first) so machine noise
 hits all alike.
 
 Run (CPU, one process, a few minutes)::
@@ -23,6 +27,7 @@ Run (CPU, one process, a few minutes)::
     python benchmarks/bench_step.py                                   # mbs 8, 3 rounds x 5 steps
     python benchmarks/bench_step.py --micro-batch-size 8 4 2 --json out.json
     python benchmarks/bench_step.py --profile 3                       # + torch.profiler table
+    python benchmarks/bench_step.py --trl --json out.json             # + TRL DPOTrainer, same rounds
 
 Like training (``trainer.keep_freed_memory``, on by default), the process makes glibc keep freed memory
 (``cpu_support.tune_glibc_malloc``), for every row including the plain baseline; ``--default-malloc``
@@ -239,6 +244,30 @@ def time_steps(fn, warmup: int, steps: int) -> list[dict[str, float]]:
     return samples
 
 
+class TrlRounds:
+    """The TRL row: each round runs ``benchmarks/trl_dpo.py`` in a fresh subprocess and reads its step samples."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.versions: dict[str, str] = {}
+
+    def timed_steps(self, warmup: int, steps: int) -> list[dict[str, float]]:
+        import subprocess
+
+        a = self.args
+        cmd = [a.trl_python, str(Path(__file__).resolve().parent / "trl_dpo.py"), "--warmup", str(warmup),
+               "--steps", str(steps), "--prompts", str(a.prompts), "--threads", str(a.threads), "--seed", str(a.seed),
+               *(["--default-malloc"] if a.default_malloc else [])]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"error: benchmarks/trl_dpo.py failed (is trl installed for {a.trl_python}?): "
+                     f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")  # fmt: skip
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["sequence_lengths"] == [PROMPT_LEN + RESPONSE_LEN] * 2, out["sequence_lengths"]
+        self.versions = {"trl": out["trl"], "transformers": out["transformers"]}
+        return out["samples"]
+
+
 class PhaseTimer:
     """Wall time per step phase, by wrapping megatron's schedule helpers and the optimizer (restored on exit).
 
@@ -339,6 +368,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-sft", action="store_true", help="skip the SFT comparison")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch DPO baseline")
     parser.add_argument(
+        "--trl", action="store_true", help="also time TRL's DPOTrainer (benchmarks/trl_dpo.py)"
+    )
+    parser.add_argument(
+        "--trl-python",
+        default=sys.executable,
+        metavar="PYTHON",
+        help="interpreter with trl installed for --trl",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="leave glibc's allocator as it is (trainer.keep_freed_memory=false); applies to every row",
@@ -415,12 +453,18 @@ def main(argv: list[str] | None = None) -> dict:
         kinds = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
         if not args.no_plain:
             kinds["plain"] = plain_step_fn(shape, whole.input_ids, whole.labels, whole.loss_mask, mbs)
+        if args.trl:
+            kinds["trl"] = TrlRounds(args)
         per_round: dict[str, list[list[float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
             names = list(kinds)
             order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
             for kind in order:
-                per_round[kind].append(time_steps(kinds[kind], args.warmup, args.steps))
+                fn = kinds[kind]
+                timed = (
+                    fn.timed_steps if isinstance(fn, TrlRounds) else lambda w, n, fn=fn: time_steps(fn, w, n)
+                )
+                per_round[kind].append(timed(args.warmup, args.steps))
         res = {}
         for kind, rounds in per_round.items():
             pooled = [x for rnd in rounds for x in rnd]
@@ -445,6 +489,11 @@ def main(argv: list[str] | None = None) -> dict:
             res["rpo_over_plain_speed"] = res["plain"]["s_per_step"] / res["rpo"]["s_per_step"]
             res["rpo_over_plain_speed_per_round"] = [
                 b / a for a, b in zip(res["rpo"]["round_medians"], res["plain"]["round_medians"])
+            ]
+        if "trl" in res:
+            res["rpo_over_trl_speed"] = res["trl"]["s_per_step"] / res["rpo"]["s_per_step"]
+            res["rpo_over_trl_speed_per_round"] = [
+                b / a for a, b in zip(res["rpo"]["round_medians"], res["trl"]["round_medians"])
             ]
         results[mbs] = res
         print(
@@ -489,9 +538,10 @@ def main(argv: list[str] | None = None) -> dict:
         "rpo": "RPO rpo_bwd, cached ref (megatron)",
         "sft": "SFT, same 16 seqs (megatron)",
         "plain": "plain PyTorch DPO, cached ref",
+        "trl": "TRL DPOTrainer, precomputed ref",
     }
     for mbs, res in results.items():
-        for kind in ("rpo", "sft", "plain"):
+        for kind in ("rpo", "sft", "plain", "trl"):
             if kind not in res:
                 continue
             r = res[kind]
@@ -516,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("|---|---|---|---|---|---|---|")
     for mbs, res in results.items():
-        for kind in ("rpo", "sft", "plain"):
+        for kind in ("rpo", "sft", "plain", "trl"):
             if kind in res:
                 r = res[kind]
                 print(f"| {kind.upper()} | {mbs} | {r['min_s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} | "
@@ -545,6 +595,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"same-run proxy: megatron RPO / plain DPO = {vs_plain:.3f}; 2x TRL corresponds to "
             f"{need:.3f}x plain by the notes' ratio ({'MET' if vs_plain >= need else 'NOT MET'})"
         )
+    vs_trl = results[best].get("rpo_over_trl_speed")
+    if vs_trl is not None:
+        per = ", ".join(f"{x:.2f}" for x in results[best]["rpo_over_trl_speed_per_round"])
+        print(f"same-run: megatron RPO / TRL DPOTrainer speed = {vs_trl:.2f}x (per round: {per}); target >= 2x: "
+              f"{'MET' if vs_trl >= 2 else 'NOT MET'} (TRL {results[best]['trl']['tokens_per_s']:,.0f} tokens/s "
+              f"here vs 1,618 in the notes)")  # fmt: skip
 
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -565,6 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_logps_s": ref_s,
         "results": {str(k): v for k, v in results.items()},
         "anchors_from_notes_tokens_per_s": ANCHORS,
+        "trl_versions": kinds["trl"].versions if "trl" in kinds else None,
     }
 
     if args.breakdown:
