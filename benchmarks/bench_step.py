@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nemo_rpo.config.schema import LossConfig, ModelConfig, RPOConfig, TrainerConfig  # noqa: E402
 from nemo_rpo.data.batch import PreferenceBatch, collate  # noqa: E402
 from nemo_rpo.data.preference import PreferenceExample  # noqa: E402
+from nemo_rpo.distributed.cpu_support import prepare_megatron_import  # noqa: E402
 from nemo_rpo.distributed.launch import configure_cpu, init_distributed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=str, default=None, metavar="OUT")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
+    prepare_megatron_import()  # before megatron is imported, as the CLIs do
     from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
 
     cfg = anchor_config(args, args.micro_batch_size[0])
