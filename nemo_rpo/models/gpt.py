@@ -24,6 +24,7 @@ from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
 from nemo_rpo.models.logps import vocab_parallel_nll
+from nemo_rpo.models.mlp import install_swiglu
 from nemo_rpo.models.rope import install_rope
 
 __all__ = [
@@ -208,8 +209,9 @@ def build_gpt_model(
         init_seed: re-draw every weight matrix with :func:`~nemo_rpo.models.init.layout_invariant_init_`
             so that the model is the same at every TP/PP layout; ``None`` keeps megatron's per-rank init.
 
-    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` (same numbers,
-    fewer copies), process-wide.
+    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` and its MLP's
+    SwiGLU at :func:`~nemo_rpo.models.mlp.install_swiglu`'s autograd function (same numbers, fewer
+    copies), process-wide.
 
     Returns:
         A ``PolicyGPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
@@ -223,6 +225,7 @@ def build_gpt_model(
         )
     config = build_transformer_config(model, parallel)
     install_rope()
+    install_swiglu()
     gpt = PolicyGPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),

@@ -1,4 +1,4 @@
-"""The two-pass RoPE and the TP=1 log-softmax NLL compute megatron's numbers, forward and backward."""
+"""The two-pass RoPE, the TP=1 log-softmax NLL and the SwiGLU MLP compute megatron's numbers, forward and backward."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from megatron.core import tensor_parallel
 from megatron.core.models.common.embeddings import rope_utils
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import attention
+from megatron.core.transformer.mlp import MLP
+from megatron.core.transformer.spec_utils import build_module
 
 from nemo_rpo.config.schema import ParallelConfig
 from nemo_rpo.distributed.launch import ParallelInfo
-from nemo_rpo.models.gpt import build_gpt_model, build_transformer_config
+from nemo_rpo.models import mlp as swiglu_mlp
+from nemo_rpo.models.gpt import build_gpt_model, build_transformer_config, layer_spec
 from nemo_rpo.models.logps import token_logps, vocab_parallel_nll
 from nemo_rpo.models.rope import apply_rotary_pos_emb, rotate
 
@@ -136,3 +139,48 @@ def test_loss_mask_span_equals_full_head(world1: ParallelInfo, tiny_config) -> N
     torch.testing.assert_close(span[:, 5 : s - 1], full[:, 5 : s - 1], atol=1e-6, rtol=1e-6)
     for name, grad in full_grads.items():
         torch.testing.assert_close(span_grads[name], grad, atol=1e-6, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_mlp_is_bit_identical_to_megatron(
+    world1: ParallelInfo, tiny_config, monkeypatch, bias
+) -> None:
+    """The local spec's MLP: output, input gradient and every weight gradient ``torch.equal`` megatron's
+    autograd SwiGLU (``chunk``, ``silu``, ``* (x_linear + 0.0)``)."""
+    cfg = tiny_config(transformer_impl="local", add_bias_linear=bias)
+    swiglu_mlp.install_swiglu()
+    mlp = build_module(layer_spec(cfg).submodules.mlp, config=build_transformer_config(cfg, ParallelConfig()))
+    assert type(mlp) is MLP and MLP.forward is swiglu_mlp._forward
+    gen = torch.Generator().manual_seed(6)
+    if bias:  # megatron initialises biases to 0
+        for name, p in mlp.named_parameters():
+            if name.endswith("bias"):
+                p.data.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(5, 3, cfg.hidden_size, generator=gen)
+    grad_out = torch.randn(5, 3, cfg.hidden_size, generator=gen)
+
+    def run():
+        mlp.zero_grad()
+        leaf = x.clone().requires_grad_()
+        out, out_bias = mlp(leaf)
+        assert (out_bias is not None) == bias
+        out = out if out_bias is None else out + out_bias
+        out.backward(grad_out)
+        return out.detach(), leaf.grad, {n: p.grad.clone() for n, p in mlp.named_parameters()}
+
+    got, got_dx, got_grads = run()
+    monkeypatch.setattr(MLP, "forward", swiglu_mlp._MEGATRON_FORWARD)
+    want, want_dx, want_grads = run()
+    assert torch.equal(got, want) and torch.equal(got_dx, want_dx)
+    assert got_grads.keys() == want_grads.keys()
+    for name, grad in want_grads.items():
+        assert torch.equal(got_grads[name], grad), name
+
+
+def test_swiglu_mlp_leaves_other_activations_to_megatron(world1: ParallelInfo, tiny_config) -> None:
+    cfg = tiny_config(transformer_impl="local", activation="gelu")
+    swiglu_mlp.install_swiglu()
+    mlp = build_module(layer_spec(cfg).submodules.mlp, config=build_transformer_config(cfg, ParallelConfig()))
+    x = torch.randn(4, 2, cfg.hidden_size)
+    assert not swiglu_mlp._plain_swiglu(mlp, None)
+    assert torch.equal(mlp(x)[0], swiglu_mlp._MEGATRON_FORWARD(mlp, x)[0])
