@@ -44,7 +44,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -61,6 +60,17 @@ from nemo_rpo.distributed.cpu_support import prepare_megatron_import  # noqa: E4
 from nemo_rpo.distributed.launch import configure_cpu, init_distributed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchor import (  # noqa: E402
+    FFN_HIDDEN_SIZE,
+    HIDDEN_SIZE,
+    NUM_HEADS,
+    NUM_LAYERS,
+    PROMPT_LEN,
+    RESPONSE_LEN,
+    VOCAB_SIZE,
+    mark,
+    step_sample,
+)
 from plain_dpo import PlainShape, plain_step_fn  # noqa: E402
 
 # Published in shared/notes/performance-anchors.md (tokens/s, s/step); NOT re-measured by this script.
@@ -71,7 +81,6 @@ ANCHORS = {
 }
 TRL_PRECOMPUTED = 1618.0
 PAD_ID = 0
-PROMPT_LEN, RESPONSE_LEN = 64, 192
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,11 +91,11 @@ PROMPT_LEN, RESPONSE_LEN = 64, 192
 def anchor_config(args: argparse.Namespace, micro_batch_size: int) -> RPOConfig:
     """The anchor shape (7.4M params: untied LM head) with offline rpo_bwd, K=2, 8 prompts per step."""
     model = ModelConfig(
-        num_layers=4,
-        hidden_size=256,
-        num_attention_heads=8,
-        ffn_hidden_size=704,
-        vocab_size=8192,
+        num_layers=NUM_LAYERS,
+        hidden_size=HIDDEN_SIZE,
+        num_attention_heads=NUM_HEADS,
+        ffn_hidden_size=FFN_HIDDEN_SIZE,
+        vocab_size=VOCAB_SIZE,
         max_seq_len=PROMPT_LEN + RESPONSE_LEN,
         normalization="RMSNorm",
         activation="swiglu",
@@ -233,15 +242,9 @@ def time_steps(fn, warmup: int, steps: int) -> list[dict[str, float]]:
         fn()
     samples = []
     for _ in range(steps):
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        start = mark()
         fn()
-        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        samples.append({
-            "wall": t1 - t0,
-            "cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
-            "minflt": r1.ru_minflt - r0.ru_minflt,
-            "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
-        })  # fmt: skip
+        samples.append(step_sample(start, mark()))
     return samples
 
 

@@ -23,15 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-PROMPT_LEN, RESPONSE_LEN = 64, 192  # as bench_step.py; the response's last token is TRL's EOS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchor import (  # noqa: E402
+    FFN_HIDDEN_SIZE,
+    HIDDEN_SIZE,
+    NUM_HEADS,
+    NUM_LAYERS,
+    PROMPT_LEN,
+    RESPONSE_LEN,  # the response's last token is TRL's EOS
+    VOCAB_SIZE,
+    mark,
+    step_sample,
+)
 
 
 def _tokenizer(vocab_size: int):
@@ -65,39 +74,33 @@ def _dataset(num_rows: int, vocab_size: int, seed: int):
     return Dataset.from_list(rows)
 
 
-class _StepClock:
-    """TrainerCallback (duck-typed) recording wall time and rusage at every ``on_step_end``."""
-
-    def __init__(self) -> None:
-        self.marks: list[tuple[float, resource.struct_rusage]] = []
-
-    def __getattr__(self, name: str):  # every other callback event: nothing to do
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_train_begin(self, *args, **kwargs) -> None:
-        self.marks = [(time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF))]
-
-    def on_step_end(self, *args, **kwargs) -> None:
-        self.marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)))
-
-
 def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int = 1234) -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
+
+    class StepClock(TrainerCallback):
+        """Marks (wall time, rusage) at the start of training and at every ``on_step_end``."""
+
+        def __init__(self) -> None:
+            self.marks = []
+
+        def on_train_begin(self, *args, **kwargs) -> None:
+            self.marks = [mark()]
+
+        def on_step_end(self, *args, **kwargs) -> None:
+            self.marks.append(mark())
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    vocab_size = 8192
+    vocab_size = VOCAB_SIZE
     model = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=vocab_size,
-            hidden_size=256,
-            intermediate_size=704,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=8,
+            hidden_size=HIDDEN_SIZE,
+            intermediate_size=FFN_HIDDEN_SIZE,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=NUM_HEADS,
+            num_key_value_heads=NUM_HEADS,
             max_position_embeddings=PROMPT_LEN + RESPONSE_LEN,
             tie_word_embeddings=False,
             pad_token_id=0,
@@ -129,7 +132,7 @@ def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int =
             seed=seed,
             disable_tqdm=True,
         )
-        clock = _StepClock()
+        clock = StepClock()
         trainer = DPOTrainer(
             model=model,
             args=config,
@@ -141,15 +144,7 @@ def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int =
             len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in trainer.train_dataset.select(range(2))
         ]
         trainer.train()
-    marks = clock.marks
-    samples = []
-    for (t0, r0), (t1, r1) in zip(marks[warmup:], marks[warmup + 1 :]):
-        samples.append({
-            "wall": t1 - t0,
-            "cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
-            "minflt": r1.ru_minflt - r0.ru_minflt,
-            "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
-        })  # fmt: skip
+    samples = [step_sample(a, b) for a, b in zip(clock.marks[warmup:], clock.marks[warmup + 1 :])]
     import transformers
     import trl
 
