@@ -124,7 +124,14 @@ def uses_transformer_engine(model: ModelConfig) -> bool:
 
 
 def layer_spec(model: ModelConfig) -> ModuleSpec:
-    """The transformer-layer ``ModuleSpec``: Transformer Engine's or megatron's local (pure torch) one."""
+    """The transformer-layer ``ModuleSpec``: Transformer Engine's or megatron's local (pure torch) one.
+
+    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` and its MLP's
+    SwiGLU at :func:`~nemo_rpo.models.mlp.install_swiglu`'s autograd function (same numbers, fewer
+    copies), process-wide, so every model built from this spec (policy and reward model) runs them.
+    """
+    install_rope()
+    install_swiglu()
     if uses_transformer_engine(model):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -209,10 +216,6 @@ def build_gpt_model(
         init_seed: re-draw every weight matrix with :func:`~nemo_rpo.models.init.layout_invariant_init_`
             so that the model is the same at every TP/PP layout; ``None`` keeps megatron's per-rank init.
 
-    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` and its MLP's
-    SwiGLU at :func:`~nemo_rpo.models.mlp.install_swiglu`'s autograd function (same numbers, fewer
-    copies), process-wide.
-
     Returns:
         A ``PolicyGPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
         last pipeline stage and hidden states ``[s, b, h]`` on the others.
@@ -224,8 +227,6 @@ def build_gpt_model(
             "parallel: the model-parallel groups do not match parallel.tp/pp; call init_distributed first"
         )
     config = build_transformer_config(model, parallel)
-    install_rope()
-    install_swiglu()
     gpt = PolicyGPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),

@@ -148,7 +148,6 @@ def test_swiglu_mlp_is_bit_identical_to_megatron(
     """The local spec's MLP: output, input gradient and every weight gradient ``torch.equal`` megatron's
     autograd SwiGLU (``chunk``, ``silu``, ``* (x_linear + 0.0)``)."""
     cfg = tiny_config(transformer_impl="local", add_bias_linear=bias)
-    swiglu_mlp.install_swiglu()
     mlp = build_module(layer_spec(cfg).submodules.mlp, config=build_transformer_config(cfg, ParallelConfig()))
     assert type(mlp) is MLP and MLP.forward is swiglu_mlp._forward
     gen = torch.Generator().manual_seed(6)
@@ -179,7 +178,6 @@ def test_swiglu_mlp_is_bit_identical_to_megatron(
 
 def test_swiglu_mlp_leaves_other_activations_to_megatron(world1: ParallelInfo, tiny_config) -> None:
     cfg = tiny_config(transformer_impl="local", activation="gelu")
-    swiglu_mlp.install_swiglu()
     mlp = build_module(layer_spec(cfg).submodules.mlp, config=build_transformer_config(cfg, ParallelConfig()))
     x = torch.randn(4, 2, cfg.hidden_size)
     assert not swiglu_mlp._plain_swiglu(mlp, None)
