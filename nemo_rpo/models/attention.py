@@ -20,6 +20,12 @@ from megatron.core.transformer.enums import AttnMaskType
 __all__ = ["SDPAttention"]
 
 
+# The CPU flash kernel runs forward + backward ~6% faster on contiguous ``[b, n, s, d]`` inputs than on
+# the strided views of megatron's ``[s, b, n, d]`` (copies included; same numbers): 71.6 -> 67.0 ms for
+# one anchor-shape layer (16 x 8 heads x 256 x 32). GPU kernels take the views as they are.
+CONTIGUOUS_ON_CPU = True
+
+
 class SDPAttention(DotProductAttention):
     """``DotProductAttention`` with a fused SDPA kernel; see the module docstring."""
 
@@ -56,6 +62,8 @@ class SDPAttention(DotProductAttention):
         sk = key.shape[0]
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if query.device.type == "cpu" and CONTIGUOUS_ON_CPU:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         is_causal, mask = False, None
         if attention_mask is not None:
             mask = ~attention_mask  # megatron: True = masked out; SDPA: True = attend

@@ -10,7 +10,7 @@ import torch
 from nemo_rpo.algorithms.common import count_skipped, microbatches, table_lookup
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.training.logger import MetricsLogger
-from nemo_rpo.training.step import NonFiniteStepsError, StepResult, train_step
+from nemo_rpo.training.step import NonFiniteStepsError, StepResult, all_finite, train_step
 
 
 def _result(non_finite: bool) -> StepResult:
@@ -27,6 +27,20 @@ def test_count_skipped_counts_only_non_finite_steps_and_stops_past_the_limit():
         count_skipped(_result(True), 2, step=7, limit=2)
     with pytest.raises(NonFiniteStepsError):
         count_skipped(_result(True), 0, step=1, limit=0)  # 0: any non-finite step is fatal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_sees_every_nan_and_infinity(dtype):
+    """One NaN/+inf/-inf anywhere (first, in a vectorised middle, the scalar tail) makes it False."""
+    t = torch.randn(1_000_003, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(t)
+    assert all_finite(t[:0])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for at in (0, 517_001, t.numel() - 1):
+            poisoned = t.clone()
+            poisoned[at] = bad
+            assert not all_finite(poisoned), (bad, at)
+            assert torch.isfinite(poisoned).all().item() is False  # the reference answer agrees
 
 
 def test_test_hook_poisons_only_the_named_steps(monkeypatch):
