@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -109,8 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     ref = sequence_logps(model, microbatches, len(examples))
 
     def step() -> float:
-        import time
-
         t0 = time.perf_counter()
         train_step(model, optimizer, scheduler, microbatches, lambda b: ref[b.index], cfg.loss)
         return time.perf_counter() - t0
