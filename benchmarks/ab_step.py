@@ -30,11 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import anchor_config, make_examples, make_microbatches  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nemo_rpo.distributed.cpu_support import prepare_megatron_import  # noqa: E402
-from nemo_rpo.distributed.launch import configure_cpu, init_distributed  # noqa: E402
+from bench_step import build_anchor, make_examples, make_microbatches  # noqa: E402
 
 CHANGES = ["gemm-blocking", "swiglu", "finite-check", "sdpa-contiguous"]
 
@@ -93,18 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-malloc", action="store_true")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
-    prepare_megatron_import()
-    from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
-
-    cfg = anchor_config(args, args.micro_batch_size)
-    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
-    if cfg.trainer.keep_freed_memory:
-        tune_glibc_malloc()
-    init_distributed(cfg.parallel, cfg.trainer.seed)
-    from nemo_rpo.training.builder import build_policy
+    cfg, _, _, (model, optimizer, scheduler) = build_anchor(args, args.micro_batch_size)
     from nemo_rpo.training.step import sequence_logps, train_step
 
-    model, optimizer, scheduler = build_policy(cfg, cfg.model.vocab_size)
     examples = make_examples(args.prompts, cfg.k, cfg.model.vocab_size, args.seed)
     microbatches = make_microbatches(examples, args.micro_batch_size)
     ref = sequence_logps(model, microbatches, len(examples))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -114,6 +115,21 @@ def anchor_config(args: argparse.Namespace, micro_batch_size: int) -> RPOConfig:
     return RPOConfig(
         k=2, exp_dir="/tmp/bench_step", loss=LossConfig(name="rpo_bwd"), model=model, trainer=trainer
     )
+
+
+def build_anchor(args: argparse.Namespace, micro_batch_size: int):  # noqa: ANN201
+    """CPU setup as training does it, then the anchor policy: ``(cfg, threads, malloc_tuned, (model,
+    optimizer, scheduler))``; ``malloc_tuned`` is whether glibc's tuning applied."""
+    prepare_megatron_import()  # before megatron is imported, as the CLIs do
+    from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
+
+    cfg = anchor_config(args, micro_batch_size)
+    threads = configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
+    malloc_tuned = cfg.trainer.keep_freed_memory and tune_glibc_malloc()
+    init_distributed(cfg.parallel, cfg.trainer.seed)
+    from nemo_rpo.training.builder import build_policy
+
+    return cfg, threads, malloc_tuned, build_policy(cfg, cfg.model.vocab_size)
 
 
 def make_examples(num_prompts: int, k: int, vocab_size: int, seed: int) -> list[PreferenceExample]:
@@ -255,7 +271,7 @@ class TrlRounds:
         self.args = args
         self.versions: dict[str, str] = {}
 
-    def timed_steps(self, warmup: int, steps: int) -> list[dict[str, float]]:
+    def __call__(self, warmup: int, steps: int) -> list[dict[str, float]]:
         import subprocess
 
         a = self.args
@@ -402,18 +418,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=str, default=None, metavar="OUT")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
-    prepare_megatron_import()  # before megatron is imported, as the CLIs do
-    from nemo_rpo.distributed.cpu_support import tune_glibc_malloc
-
-    cfg = anchor_config(args, args.micro_batch_size[0])
-    threads = configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
-    malloc_tuned = cfg.trainer.keep_freed_memory and tune_glibc_malloc()  # True when it applied
-    init_distributed(cfg.parallel, cfg.trainer.seed)
-
-    from nemo_rpo.training.builder import build_policy
+    cfg, threads, malloc_tuned, (model, optimizer, scheduler) = build_anchor(args, args.micro_batch_size[0])
     from nemo_rpo.training.step import sequence_logps, train_step
 
-    model, optimizer, scheduler = build_policy(cfg, cfg.model.vocab_size)
     n_params, n_matmul = count_params(model)
     seq = PROMPT_LEN + RESPONSE_LEN
     tokens_per_step = args.prompts * cfg.k * seq
@@ -455,9 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
         def sft(mb=microbatches):
             sft_step(model, optimizer, scheduler, mb)
 
-        kinds = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
+        step_fns = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
         if not args.no_plain:
-            kinds["plain"] = plain_step_fn(shape, whole.input_ids, whole.labels, whole.loss_mask, mbs)
+            step_fns["plain"] = plain_step_fn(shape, whole.input_ids, whole.labels, whole.loss_mask, mbs)
+        # Every kind: (warmup, steps) -> per-step samples; TRL's runs in its own process.
+        kinds = {k: functools.partial(time_steps, fn) for k, fn in step_fns.items()}
         if args.trl:
             kinds["trl"] = TrlRounds(args)
         per_round: dict[str, list[list[float]]] = {k: [] for k in kinds}
@@ -465,11 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
             names = list(kinds)
             order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
             for kind in order:
-                fn = kinds[kind]
-                timed = (
-                    fn.timed_steps if isinstance(fn, TrlRounds) else lambda w, n, fn=fn: time_steps(fn, w, n)
-                )
-                per_round[kind].append(timed(args.warmup, args.steps))
+                per_round[kind].append(kinds[kind](args.warmup, args.steps))
         res = {}
         for kind, rounds in per_round.items():
             pooled = [x for rnd in rounds for x in rnd]
