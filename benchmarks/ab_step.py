@@ -12,7 +12,9 @@ Changes (``--change``):
 * ``swiglu``: ``nemo_rpo.models.mlp``'s SwiGLU autograd function (B) vs megatron's ``MLP.forward`` (A);
 * ``finite-check``: ``step.all_finite`` (one ``aminmax`` per gradient buffer, B) vs
   ``torch.isfinite(buffer).all()`` (A);
-* ``sdpa-contiguous``: contiguous q/k/v into SDPA on CPU (B) vs the strided views (A).
+* ``sdpa-contiguous``: contiguous q/k/v into SDPA on CPU (B) vs the strided views (A);
+* ``share-prompt``: each prompt computed once for its K responses (``model.share_prompt``, packed
+  micro-batches, B) vs every sequence whole (A).
 
 Run::
 
@@ -32,11 +34,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import build_anchor, make_examples, make_microbatches  # noqa: E402
 
-CHANGES = ["gemm-blocking", "swiglu", "finite-check", "sdpa-contiguous"]
+CHANGES = ["gemm-blocking", "swiglu", "finite-check", "sdpa-contiguous", "share-prompt"]
 
 
-def _toggles(change: str):
-    """``(off, on)``: two callables that put the process in state A (off) or B (on, as shipped)."""
+def _toggles(change: str, state: dict):
+    """``(off, on)``: two callables that put the process in state A (off) or B (on, as shipped).
+
+    ``state["batches"]``: ``(unpacked, packed)`` micro-batches; ``state["current"]`` is what a step trains on.
+    """
+    if change == "share-prompt":
+
+        def use(i: int):
+            return lambda: state.__setitem__("current", state["batches"][i])
+
+        return use(0), use(1)
     if change == "gemm-blocking":
         from nemo_rpo.distributed import cpu_support
 
@@ -94,14 +105,16 @@ def main(argv: list[str] | None = None) -> None:
 
     examples = make_examples(args.prompts, cfg.k, cfg.model.vocab_size, args.seed)
     microbatches = make_microbatches(examples, args.micro_batch_size)
+    packed = make_microbatches(examples, args.micro_batch_size, share_prompt=True)
+    state = {"batches": (microbatches, packed), "current": packed}  # packed: as training runs it
     ref = sequence_logps(model, microbatches, len(examples))
 
     def step() -> float:
         t0 = time.perf_counter()
-        train_step(model, optimizer, scheduler, microbatches, lambda b: ref[b.index], cfg.loss)
+        train_step(model, optimizer, scheduler, state["current"], lambda b: ref[b.index], cfg.loss)
         return time.perf_counter() - t0
 
-    off, on = _toggles(args.change)
+    off, on = _toggles(args.change, state)
     for side in (off, on):
         side()
         for _ in range(args.warmup):

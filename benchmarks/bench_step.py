@@ -150,10 +150,13 @@ def make_examples(num_prompts: int, k: int, vocab_size: int, seed: int) -> list[
     ]
 
 
-def make_microbatches(examples: list[PreferenceExample], micro_batch_size: int) -> list[PreferenceBatch]:
+def make_microbatches(
+    examples: list[PreferenceExample], micro_batch_size: int, *, share_prompt: bool = False
+) -> list[PreferenceBatch]:
+    """Micro-batches of every sequence whole, or (``share_prompt``) packed with each prompt once."""
     width = PROMPT_LEN + RESPONSE_LEN
     return [
-        collate(examples[i : i + micro_batch_size], PAD_ID, pad_to=width)
+        collate(examples[i : i + micro_batch_size], PAD_ID, pad_to=width, share_prompt=share_prompt)
         for i in range(0, len(examples), micro_batch_size)
     ]
 
@@ -224,9 +227,8 @@ def sft_step(model: list, optimizer, scheduler, microbatches: list[PreferenceBat
 
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
-        output = chunk(
-            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
-        )
+        output = chunk(batch.input_ids, batch.position_ids, batch.attention_layout, labels=batch.labels,
+                       loss_mask=batch.loss_mask)  # fmt: skip
 
         def loss_func(output_tensor: torch.Tensor):
             nll_sum = (output_tensor.float() * batch.loss_mask).sum()
@@ -388,6 +390,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-sft", action="store_true", help="skip the SFT comparison")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch DPO baseline")
     parser.add_argument(
+        "--no-whole",
+        action="store_true",
+        help="skip the RPO row with every sequence whole (model.share_prompt=false)",
+    )
+    parser.add_argument(
         "--trl", action="store_true", help="also time TRL's DPOTrainer (benchmarks/trl_dpo.py)"
     )
     parser.add_argument(
@@ -419,7 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     cfg, threads, malloc_tuned, (model, optimizer, scheduler) = build_anchor(args, args.micro_batch_size[0])
+    from nemo_rpo.models.gpt import shares_prompt
     from nemo_rpo.training.step import sequence_logps, train_step
+
+    share = shares_prompt(cfg.model)  # as training resolves it: on for the local spec with SDPA
 
     n_params, n_matmul = count_params(model)
     seq = PROMPT_LEN + RESPONSE_LEN
@@ -431,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     examples = make_examples(args.prompts, cfg.k, cfg.model.vocab_size, args.seed)
     t0 = time.perf_counter()
-    ref_batches = make_microbatches(examples, args.micro_batch_size[0])
+    ref_batches = make_microbatches(examples, args.micro_batch_size[0], share_prompt=share)
     collate_s = time.perf_counter() - t0
     # As the offline algorithm does: reference = initial policy, log-probs computed once up front.
     t0 = time.perf_counter()
@@ -453,7 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = {}
     for mbs in args.micro_batch_size:
-        microbatches = make_microbatches(examples, mbs)
+        microbatches = make_microbatches(examples, mbs, share_prompt=share)
+        unshared = make_microbatches(examples, mbs)
         whole = make_microbatches(examples, len(examples))[0]
 
         def rpo(mb=microbatches):
@@ -462,7 +473,12 @@ def main(argv: list[str] | None = None) -> dict:
         def sft(mb=microbatches):
             sft_step(model, optimizer, scheduler, mb)
 
+        def rpo_whole(mb=unshared):
+            train_step(model, optimizer, scheduler, mb, lookup, cfg.loss)
+
         step_fns = {"rpo": rpo} if args.no_sft else {"rpo": rpo, "sft": sft}
+        if share and not args.no_whole:
+            step_fns["rpo_whole"] = rpo_whole
         if not args.no_plain:
             step_fns["plain"] = plain_step_fn(shape, whole.input_ids, whole.labels, whole.loss_mask, mbs)
         # Every kind: (warmup, steps) -> per-step samples; TRL's runs in its own process.
@@ -490,6 +506,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "round_medians": [statistics.median(x["wall"] for x in rnd) for rnd in rounds],
                 "samples": pooled,
             }
+        if "rpo_whole" in res:
+            res["share_prompt_speedup"] = res["rpo_whole"]["s_per_step"] / res["rpo"]["s_per_step"]
+            res["share_prompt_speedup_per_round"] = [
+                b / a for a, b in zip(res["rpo"]["round_medians"], res["rpo_whole"]["round_medians"])
+            ]
         if "sft" in res:
             res["rpo_over_sft"] = res["rpo"]["s_per_step"] / res["sft"]["s_per_step"]
             res["rpo_over_sft_per_round"] = [
@@ -502,6 +523,8 @@ def main(argv: list[str] | None = None) -> dict:
             ]
         if "trl" in res:
             res["rpo_over_trl_speed"] = res["trl"]["s_per_step"] / res["rpo"]["s_per_step"]
+            if "rpo_whole" in res:
+                res["rpo_whole_over_trl_speed"] = res["trl"]["s_per_step"] / res["rpo_whole"]["s_per_step"]
             res["rpo_over_trl_speed_per_round"] = [
                 b / a for a, b in zip(res["rpo"]["round_medians"], res["trl"]["round_medians"])
             ]
@@ -531,6 +554,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"the megatron rows run the LM head only over the loss mask's {head_positions} of {seq} positions: "
           f"{(flops_per_step - head_saved) / 1e9:.1f} GFLOP executed per step; MFU and GFLOP/s below use "
           "the convention's full count, as the plain row (full head) does")  # fmt: skip
+    if share:
+        layer_tokens = args.prompts * (PROMPT_LEN + cfg.k * RESPONSE_LEN)
+        layer_saved = 6 * (n_matmul - head_params(model)) * (tokens_per_step - layer_tokens)
+        print(f"model.share_prompt: the RPO and SFT rows compute each prompt once for its K={cfg.k} responses "
+              f"({layer_tokens} instead of {tokens_per_step} tokens through the layers' matmuls, "
+              f"{(flops_per_step - head_saved - layer_saved) / 1e9:.1f} GFLOP executed per step; same "
+              "numbers); the 'whole' row computes every sequence whole, as the plain and TRL rows do. "
+              f"tokens/s counts the {tokens_per_step} tokens of the step's sequences for every row")  # fmt: skip
     print(f"fp32 GEMM peak (torch.matmul, {threads} threads): {peak:.1f} GFLOP/s  "
           f"[before {fmt_sizes(peak_before)}; after {fmt_sizes(peak_after)}]")  # fmt: skip
     print(f"setup: collate {collate_s * 1e3:.1f} ms, reference log-probs (1 fwd, mbs "
@@ -546,12 +577,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     names = {
         "rpo": "RPO rpo_bwd, cached ref (megatron)",
+        "rpo_whole": "RPO, every sequence whole",
         "sft": "SFT, same 16 seqs (megatron)",
         "plain": "plain PyTorch DPO, cached ref",
         "trl": "TRL DPOTrainer, precomputed ref",
     }
     for mbs, res in results.items():
-        for kind in ("rpo", "sft", "plain", "trl"):
+        for kind in ("rpo", "rpo_whole", "sft", "plain", "trl"):
             if kind not in res:
                 continue
             r = res[kind]
@@ -562,6 +594,10 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['tokens_per_s'] / 1618:>10.2f}x | {r['tokens_per_s'] / 3120:>12.2f}x | {rounds:<22} |")  # fmt: skip
     print()
     for mbs, res in results.items():
+        if "share_prompt_speedup" in res:
+            per = ", ".join(f"{x:.3f}" for x in res["share_prompt_speedup_per_round"])
+            print(f"mbs {mbs}: shared prompt / every sequence whole, RPO speed {res['share_prompt_speedup']:.3f} "
+                  f"(per round: {per})")  # fmt: skip
         if "rpo_over_sft" in res:
             per = ", ".join(f"{x:.3f}" for x in res["rpo_over_sft_per_round"])
             print(f"mbs {mbs}: RPO/SFT step-time ratio {res['rpo_over_sft']:.3f} (per round: {per})")
@@ -576,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("|---|---|---|---|---|---|---|")
     for mbs, res in results.items():
-        for kind in ("rpo", "sft", "plain", "trl"):
+        for kind in ("rpo", "rpo_whole", "sft", "plain", "trl"):
             if kind in res:
                 r = res[kind]
                 print(f"| {kind.upper()} | {mbs} | {r['min_s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} | "
@@ -611,6 +647,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"same-run: megatron RPO / TRL DPOTrainer speed = {vs_trl:.2f}x (per round: {per}); target >= 2x: "
               f"{'MET' if vs_trl >= 2 else 'NOT MET'} (TRL {results[best]['trl']['tokens_per_s']:,.0f} tokens/s "
               f"here vs 1,618 in the notes)")  # fmt: skip
+        whole_trl = results[best].get("rpo_whole_over_trl_speed")
+        if whole_trl is not None:
+            print(f"same-run: megatron RPO with every sequence whole / TRL DPOTrainer = {whole_trl:.2f}x")
 
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -12,7 +12,7 @@ import torch
 from megatron.core.utils import unwrap_model
 
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
-from nemo_rpo.data.batch import PreferenceBatch, collate
+from nemo_rpo.data.batch import PreferenceBatch, collate, packed_length
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.distributed.launch import ParallelInfo
@@ -67,13 +67,15 @@ def microbatches(
     *,
     fill: bool = False,
     width: int | None = None,
+    share_prompt: bool = False,
 ) -> list[PreferenceBatch]:
     """This rank's prompts for a step as micro-batches padded to one width (pipeline p2p needs it).
 
     ``fill=True`` (forward-only passes, where a repeated row changes nothing) repeats the last example
     until the count divides ``micro_batch_size``; training batches must divide it exactly. ``width``
     fixes the padded length (online batches: the same shape every step, so CPU kernels are not
-    re-planned for each new length).
+    re-planned for each new length). ``share_prompt``: packed micro-batches, each prompt once
+    (``models.gpt.shares_prompt(cfg.model)``), all packed to one width too.
     """
     if fill and len(examples) % micro_batch_size:
         examples = list(examples) + [examples[-1]] * (micro_batch_size - len(examples) % micro_batch_size)
@@ -81,8 +83,18 @@ def microbatches(
         len(ex.prompt_ids) + max(map(len, ex.response_ids + [ex.kl_response_ids or []])) for ex in examples
     )
     width = max(width or 0, -(-longest // 8) * 8)
+    # one sequence per prompt (SFT) has nothing to share
+    share_prompt = (
+        share_prompt and len(examples[0].response_ids) + int(examples[0].kl_response_ids is not None) > 1
+    )
+    pack_to = -(-max(map(packed_length, examples)) // 8) * 8 if share_prompt else None
     chunks = split_micro_batches(list(range(len(examples))), micro_batch_size)
-    return [collate([examples[i] for i in chunk], pad_id, pad_to=width).to(device) for chunk in chunks]
+    return [
+        collate(
+            [examples[i] for i in chunk], pad_id, pad_to=width, share_prompt=share_prompt, pack_to=pack_to
+        ).to(device)
+        for chunk in chunks
+    ]
 
 
 def table_lookup(

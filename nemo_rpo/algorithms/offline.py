@@ -46,6 +46,7 @@ from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.losses import PRESETS
+from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.training import reference
 from nemo_rpo.training.builder import build_policy, save_resolved_config
 from nemo_rpo.training.checkpoint import find_latest_checkpoint, save_checkpoint
@@ -84,7 +85,8 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
         for step in range(max(start, it.start), it.end):
             tick = time.perf_counter()
             examples = [dataset[i] for i in sampler.indices_for_step(step - it.start)]
-            micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device)
+            micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
+                                 share_prompt=shares_prompt(cfg.model))  # fmt: skip
             result = train_step(
                 model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss
             )
@@ -164,7 +166,16 @@ def _reference_logps(
                            "reference (the policy at the iteration's start) cannot be recomputed from trained weights")  # fmt: skip
     shard = [dataset[i] for i in range(info.dp_rank, len(dataset), info.dp_size)]
     logps = sequence_logps(
-        model, microbatches(shard, cfg.trainer.micro_batch_size, pad_id, info.device, fill=True), len(dataset)
+        model,
+        microbatches(
+            shard,
+            cfg.trainer.micro_batch_size,
+            pad_id,
+            info.device,
+            fill=True,
+            share_prompt=shares_prompt(cfg.model),
+        ),  # fmt: skip
+        len(dataset),
     )
     if info.rank == 0:
         reference.save_cached(str(cache_dir), key, logps)

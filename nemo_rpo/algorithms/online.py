@@ -41,6 +41,7 @@ from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.generation import MegatronGenerator, sampling_generator
 from nemo_rpo.losses import PRESETS
+from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.rewards import build_reward_model
 from nemo_rpo.training.builder import build_policy_model, save_resolved_config
 from nemo_rpo.training.checkpoint import find_latest_checkpoint, save_checkpoint
@@ -94,7 +95,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
         first_row = info.dp_rank * len(local)
         batch, gen_s, score_s = rollout(generator, reward_model, tokenizer, local, cfg.k, draws, first_row)
         micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
-                             width=width)  # fmt: skip
+                             width=width, share_prompt=shares_prompt(cfg.model))  # fmt: skip
         ref_tick = time.perf_counter()
         ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
         train_tick = time.perf_counter()

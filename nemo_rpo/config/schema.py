@@ -101,6 +101,9 @@ class ModelConfig:
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     recompute_granularity: Optional[str] = None  # None | full | selective
     core_attention: str = "sdpa"  # local spec only: sdpa (fused torch kernel) | megatron (unfused)
+    # Compute each prompt once for its K responses (packed micro-batches; same numbers): null = wherever
+    # the model supports it (local spec with sdpa core attention), true = required, false = never.
+    share_prompt: Optional[bool] = None
     # A Hugging Face Llama/Mistral/Qwen2 directory (safetensors, .bin or one .gguf): the CLI takes the shape
     # and the tokenizer from it (command-line model.* / data.tokenizer.* overrides win), and a new run
     # starts from its weights (unless checkpoint.init_from names other weights; ignored when resuming).
@@ -132,6 +135,12 @@ class ModelConfig:
         _check(self.recompute_granularity in (None, "full", "selective"), "model.recompute_granularity",
                "null, full or selective")  # fmt: skip
         _check(self.core_attention in ("sdpa", "megatron"), "model.core_attention", "sdpa or megatron")
+        _check(
+            not self.share_prompt
+            or (self.core_attention == "sdpa" and self.transformer_impl != "transformer_engine"),
+            "model.share_prompt",
+            "needs the local spec with core_attention=sdpa (set it to null or false otherwise)",
+        )
         _check(0.0 <= self.hidden_dropout < 1 and 0.0 <= self.attention_dropout < 1, "model.hidden_dropout",
                "dropouts must be in [0, 1)")  # fmt: skip
 

@@ -28,6 +28,13 @@ class PreferenceBatch:
         index: ``[B]`` long, the examples' dataset rows.
         num_responses: K.
         num_sequences_per_prompt: R (K, or K + 1 with KL pairs).
+        attention_layout: ``None``, or (``share_prompt``) ``[B*R, T]`` long: the batch is then packed
+            (see :func:`collate`): ``input_ids``/``position_ids`` are ``[B, W]``, one row per prompt
+            holding the prompt once and its R sequences after it, and ``attention_layout[b * R + r, t]``
+            says where position ``t`` of sequence ``(b, r)`` sits in the packed ``[W, B]`` activations:
+            flat index ``i = w * B + b`` stored as ``i`` where that sequence's position produces the
+            packed output (its own response, and the prompt for ``r = 0``), else as ``-1 - i``.
+            ``labels`` and ``loss_mask`` keep the unpacked ``[B*R, T]`` sequence coordinates.
     """
 
     input_ids: torch.Tensor
@@ -38,6 +45,7 @@ class PreferenceBatch:
     index: torch.Tensor
     num_responses: int
     num_sequences_per_prompt: int
+    attention_layout: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -60,7 +68,14 @@ class PreferenceBatch:
             index=self.index.to(device),
             num_responses=self.num_responses,
             num_sequences_per_prompt=self.num_sequences_per_prompt,
+            attention_layout=None if self.attention_layout is None else self.attention_layout.to(device),
         )
+
+
+def packed_length(example: PreferenceExample) -> int:
+    """Tokens of ``example`` with its prompt held once: the prompt, then every sequence's response."""
+    responses = [*example.response_ids, *([example.kl_response_ids] if example.kl_response_ids else [])]
+    return len(example.prompt_ids) + sum(map(len, responses))
 
 
 def collate(
@@ -68,6 +83,9 @@ def collate(
     pad_id: int,
     pad_to_multiple_of: int = 8,
     pad_to: int | None = None,
+    *,
+    share_prompt: bool = False,
+    pack_to: int | None = None,
 ) -> PreferenceBatch:
     """Stack examples into a :class:`PreferenceBatch`.
 
@@ -76,9 +94,13 @@ def collate(
         pad_id: Padding token.
         pad_to_multiple_of: T is the longest sequence rounded up to this multiple.
         pad_to: A fixed T instead (e.g. the same shape for every micro-batch); must fit every sequence.
+        share_prompt: pack each prompt once with its R responses after it (``[B, W]`` model inputs, W
+            the longest :func:`packed_length` rounded up like T) and describe the R sequences in
+            ``attention_layout``; the model then computes every prompt token once instead of R times.
+        pack_to: A fixed W instead; must fit every packed row.
 
     Raises:
-        ValueError: Empty input, mixed K, mixed rewards / KL presence, or ``pad_to`` too short.
+        ValueError: Empty input, mixed K, mixed rewards / KL presence, or ``pad_to``/``pack_to`` too short.
     """
     if not examples:
         raise ValueError("collate needs at least one example")
@@ -114,6 +136,9 @@ def collate(
     labels = torch.cat([input_ids[:, 1:], torch.full((len(rows), 1), pad_id, dtype=torch.long)], dim=1)
     position_ids = torch.arange(width, dtype=torch.long).expand(len(rows), width).contiguous()
     rewards = torch.tensor([ex.rewards for ex in examples], dtype=torch.float32) if with_rewards else None
+    layout = None
+    if share_prompt:
+        input_ids, position_ids, layout = _pack(examples, with_kl, pad_id, width, pad_to_multiple_of, pack_to)
     return PreferenceBatch(
         input_ids=input_ids,
         labels=labels,
@@ -123,4 +148,51 @@ def collate(
         index=torch.tensor([ex.index for ex in examples], dtype=torch.long),
         num_responses=k,
         num_sequences_per_prompt=k + int(with_kl),
+        attention_layout=layout,
     )
+
+
+def _pack(
+    examples: Sequence[PreferenceExample],
+    with_kl: bool,
+    pad_id: int,
+    width: int,
+    pad_to_multiple_of: int,
+    pack_to: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``position_ids`` ``[B, W]`` with each prompt once, and the ``[B*R, T]`` layout.
+
+    Row ``b`` is ``prompt, response_0, ..., response_{R-1}, padding``; response ``r`` keeps the positions
+    it has in its own sequence (``p .. p + len - 1``), so rotary or learned position embeddings see the
+    same positions as unpacked. Sequence ``(b, r)`` reads the prompt and response ``r`` from the packed row,
+    and its padding from the row's first token (padding is only ever attended by padding).
+    """
+    num_prompts = len(examples)
+    longest = max(map(packed_length, examples))
+    if pack_to is None:
+        packed_width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    elif pack_to < longest:
+        raise ValueError(f"pack_to={pack_to} is shorter than the longest packed row ({longest} tokens)")
+    else:
+        packed_width = pack_to
+    input_ids = torch.full((num_prompts, packed_width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((num_prompts, packed_width), dtype=torch.long)
+    layout_rows = []
+    for b, ex in enumerate(examples):
+        p = len(ex.prompt_ids)
+        input_ids[b, :p] = torch.tensor(ex.prompt_ids, dtype=torch.long)
+        position_ids[b, :p] = torch.arange(p)
+        offset = p
+        for r, response in enumerate([*ex.response_ids, *([ex.kl_response_ids] if with_kl else [])]):
+            n = len(response)
+            input_ids[b, offset : offset + n] = torch.tensor(response, dtype=torch.long)
+            position_ids[b, offset : offset + n] = torch.arange(p, p + n)
+            # packed column of each sequence position: prompt, this response, then column 0 for padding
+            column = torch.cat([torch.arange(p), torch.arange(offset, offset + n),
+                                torch.zeros(width - p - n, dtype=torch.long)])  # fmt: skip
+            owns = torch.cat([torch.full((p,), r == 0), torch.ones(n, dtype=torch.bool),
+                              torch.zeros(width - p - n, dtype=torch.bool)])  # fmt: skip
+            flat = column * num_prompts + b
+            layout_rows.append(torch.where(owns, flat, -1 - flat))
+            offset += n
+    return input_ids, position_ids, torch.stack(layout_rows)

@@ -17,6 +17,8 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
+from nemo_rpo.models.shared_prompt import is_layout, to_packed, to_sequences
+
 __all__ = ["SDPAttention"]
 
 
@@ -50,20 +52,19 @@ class SDPAttention(DotProductAttention):
         attention_bias: torch.Tensor | None = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
+        if is_layout(attention_mask):
+            if self._unsupported(None, AttnMaskType.causal, attention_bias, packed_seq_params):
+                raise ValueError("model.share_prompt: the shared-prompt layout needs plain causal attention "
+                                 "(no softmax offset, window, query-key layer scaling, bias or packed THD)")  # fmt: skip
+            return self._forward_shared_prompt(query, key, value, attention_mask)
         if self._unsupported(attention_mask, attn_mask_type, attention_bias, packed_seq_params):
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
                                    packed_seq_params)  # fmt: skip
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
-        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
-        if groups > 1:
-            key = key.repeat_interleave(groups, dim=2)
-            value = value.repeat_interleave(groups, dim=2)
         sq, b, heads, dim = query.shape
         sk = key.shape[0]
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        if query.device.type == "cpu" and CONTIGUOUS_ON_CPU:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         is_causal, mask = False, None
         if attention_mask is not None:
             mask = ~attention_mask  # megatron: True = masked out; SDPA: True = attend
@@ -72,14 +73,37 @@ class SDPAttention(DotProductAttention):
                 is_causal = True
             else:  # queries are the last sq positions (decoding with a KV cache): bottom-right aligned
                 mask = torch.ones(sq, sk, dtype=torch.bool, device=query.device).tril(diagonal=sk - sq)
+        out = self._sdpa(q, k, v, mask, is_causal)
+        # [b, n, sq, d] -> [sq, b, n * d]
+        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
+
+    def _forward_shared_prompt(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: torch.Tensor
+    ) -> torch.Tensor:
+        """Packed ``[W, B, n, d]`` q/k/v -> the R causal sequences of each row -> packed ``[W, B, n * d]``."""
+        width, b, heads, dim = query.shape
+        # [W, B, n, d] -> [B*R, T, n, d] -> [B*R, n, T, d]
+        q, k, v = (to_sequences(t, layout).transpose(1, 2) for t in (query, key, value))
+        out = self._sdpa(q, k, v, None, True)
+        # [B*R, n, T, d] -> [B*R, T, n * d] -> [W, B, n * d]
+        out = out.transpose(1, 2).reshape(layout.shape[0], layout.shape[1], heads * dim)
+        return to_packed(out, layout, (width, b))
+
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """SDPA over ``[b, n, s, d]`` q and ``[b, ng, s, d]`` k/v (GQA groups repeated here)."""
+        groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        if q.device.type == "cpu" and CONTIGUOUS_ON_CPU:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         dropout = self.attention_dropout.p if self.training else 0.0
         if dropout > 0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                     is_causal=is_causal, scale=self.softmax_scale)  # fmt: skip
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=self.softmax_scale
-            )
-        # [b, n, sq, d] -> [sq, b, n * d]
-        return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                      is_causal=is_causal, scale=self.softmax_scale)  # fmt: skip
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=self.softmax_scale
+        )

@@ -26,6 +26,7 @@ from nemo_rpo.models.init import layout_invariant_init_
 from nemo_rpo.models.logps import vocab_parallel_nll
 from nemo_rpo.models.mlp import install_swiglu
 from nemo_rpo.models.rope import install_rope
+from nemo_rpo.models.shared_prompt import is_layout, to_sequences
 
 __all__ = [
     "PolicyGPTModel",
@@ -33,6 +34,7 @@ __all__ = [
     "build_transformer_config",
     "layer_spec",
     "padded_vocab_size",
+    "shares_prompt",
     "uses_transformer_engine",
 ]
 
@@ -47,14 +49,49 @@ class PolicyGPTModel(GPTModel):
     at TP=1. Fused cross-entropy settings (TE / native) keep megatron's implementation.
     """
 
+    def _preprocess(self, input_ids, position_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """Megatron's, plus per-row rotary positions for a shared-prompt layout (see ``forward``)."""
+        out = super()._preprocess(input_ids, position_ids, *args, **kwargs)
+        rotary = out[1]
+        if not getattr(self, "_per_row_positions", False) or rotary is None:
+            return out
+        # megatron's [s, 1, 1, d] table indexed by each packed token's position -> [s, b, 1, d]
+        rows = position_ids.t()
+        if int(rows.max()) >= rotary.shape[0]:
+            raise ValueError(f"model.share_prompt: position {int(rows.max())} beyond the packed width "
+                             f"{rotary.shape[0]}")  # fmt: skip
+        return (out[0], rotary[:, 0, 0][rows].unsqueeze(2), *out[2:])
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        """megatron's ``forward``. With a shared-prompt layout as ``attention_mask``
+        (:mod:`nemo_rpo.models.shared_prompt`), rotary embeddings follow ``position_ids`` row by row:
+        megatron's assume ``0 .. s-1`` on every row, a packed row restarts its responses at the prompt's
+        end.
+        """
+        if not is_layout(attention_mask) or self.position_embedding_type != "rope":
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        if position_ids is None:
+            raise ValueError("model.share_prompt: the packed layout needs position_ids")
+        self._per_row_positions = True
+        try:
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        finally:
+            self._per_row_positions = False
+
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, **kwargs):  # noqa: ANN001, ANN201
         """With ``labels`` and a ``loss_mask`` ``[b, s]``, run the output layer only on the columns the mask
         can select (the first to the last column any row counts): prompt positions cost no LM-head GEMM
         and no softmax. Columns outside that span get NLL 0 (the mask zeroes them anyway); the counted
         values are the full-sequence ones, unchanged. Anything else (no mask, MTP, sequence
         parallelism, inference) goes through megatron unchanged.
+
+        With a shared-prompt layout the hidden states are packed ``[W, B, h]``: the span's columns of every
+        sequence are gathered from them first, so the result is the unpacked ``[B*R, T]`` NLL.
         """
         loss_mask = kwargs.get("loss_mask")
+        layout = kwargs.get("attention_mask")
+        if is_layout(layout) and self.post_process:
+            return self._postprocess_shared_prompt(hidden_states, input_ids, position_ids, labels, **kwargs)
         span = None
         if (
             labels is not None
@@ -73,6 +110,22 @@ class PolicyGPTModel(GPTModel):
         nll = super()._postprocess(
             hidden_states[start:end], input_ids, position_ids, labels[:, start:end], **kwargs
         )
+        return F.pad(nll, (start, labels.shape[1] - end))
+
+    def _postprocess_shared_prompt(self, hidden_states, input_ids, position_ids, labels, **kwargs):  # noqa: ANN001, ANN201
+        loss_mask = kwargs.get("loss_mask")
+        if labels is None or loss_mask is None:
+            raise ValueError("model.share_prompt: a packed batch needs labels and loss_mask (per-token NLL)")
+        if self.config.mtp_num_layers is not None or self.output_layer.sequence_parallel:
+            raise ValueError("model.share_prompt: not supported with multi-token prediction or sequence "
+                             "parallelism")  # fmt: skip
+        layout = kwargs["attention_mask"]
+        span = _counted_span(loss_mask) or (0, 1)
+        start, end = span
+        # [W, B, h] -> [span, B*R, h] (sequence-first, as megatron's output layer takes it)
+        hidden = to_sequences(hidden_states, layout[:, start:end].t())
+        kwargs["loss_mask"] = None
+        nll = super()._postprocess(hidden, input_ids, position_ids, labels[:, start:end], **kwargs)
         return F.pad(nll, (start, labels.shape[1] - end))
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -121,6 +174,16 @@ def uses_transformer_engine(model: ModelConfig) -> bool:
                        "using the local spec", err)  # fmt: skip
         return False
     return True
+
+
+def shares_prompt(model: ModelConfig) -> bool:
+    """Resolve ``model.share_prompt``: ``None`` means wherever the layer spec supports the packed layout
+    (the local spec with SDPA core attention, :mod:`nemo_rpo.models.shared_prompt`)."""
+    supported = model.core_attention == "sdpa" and not uses_transformer_engine(model)
+    if model.share_prompt and not supported:
+        raise ConfigError("model.share_prompt: needs the local spec with core_attention=sdpa, but Transformer "
+                          "Engine is in use here; set model.share_prompt=null or false")  # fmt: skip
+    return supported if model.share_prompt is None else model.share_prompt
 
 
 def layer_spec(model: ModelConfig) -> ModuleSpec:

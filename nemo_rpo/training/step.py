@@ -53,7 +53,11 @@ def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], 
         # With labels, GPTModel returns the per-token NLL [b, s] from vocab-parallel logits (no
         # full-vocabulary gather on any rank), over the loss mask's columns only (PolicyGPTModel).
         output = model(
-            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
+            batch.input_ids,
+            batch.position_ids,
+            batch.attention_layout,
+            labels=batch.labels,
+            loss_mask=batch.loss_mask,
         )
         return output, make_loss_func(batch, ref_lookup(batch), loss)
 
@@ -160,7 +164,11 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
         output = chunk(
-            batch.input_ids, batch.position_ids, None, labels=batch.labels, loss_mask=batch.loss_mask
+            batch.input_ids,
+            batch.position_ids,
+            batch.attention_layout,
+            labels=batch.labels,
+            loss_mask=batch.loss_mask,
         )
 
         def loss_func(output_tensor):

@@ -2,7 +2,9 @@
 
 Each run trains the tiny default model with the RPO bwd loss on K=4 batches through the CLI
 (data, reference pass, megatron schedules, DDP, optimizer, checkpointing), so these compare the
-numbers a user sees: per-step loss and global gradient norm from metrics.jsonl.
+numbers a user sees: per-step loss and global gradient norm from metrics.jsonl. The baseline computes
+each prompt once for its K responses (``model.share_prompt``, on by default); the ``unshared`` runs
+compute every sequence whole and must give the same numbers.
 """
 
 import json
@@ -74,8 +76,10 @@ def _assert_same(rows, reference, steps):
         (4, ["parallel.tp=2", "parallel.pp=2"]),
         (2, []),  # DP=2 with the same global batch
         (2, ["parallel.use_distributed_optimizer=true"]),
+        (1, ["model.share_prompt=false"]),  # every sequence whole: what prompt sharing must reproduce
+        (2, ["parallel.pp=2", "model.share_prompt=false"]),
     ],
-    ids=["tp2", "pp2", "tp2pp2", "dp2", "dp2-distopt"],
+    ids=["tp2", "pp2", "tp2pp2", "dp2", "dp2-distopt", "unshared", "pp2-unshared"],
 )
 def test_layout_matches_tp1(baseline, tmp_path, nproc, layout):
     _assert_same(_run(nproc, tmp_path, "trainer.max_steps=3", *layout), baseline, 3)

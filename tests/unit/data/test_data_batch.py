@@ -103,3 +103,49 @@ def test_inconsistent_examples_are_rejected():
         collate(mixed_rewards, PAD)
     with pytest.raises(ValueError, match="at least one"):
         collate([], PAD)
+
+
+def test_share_prompt_packs_each_prompt_once_on_a_hand_written_batch():
+    """Each prompt once, then its responses; responses keep their own positions; the layout maps back.
+
+    Example 3 packs to  5 6 | 7 8 9 | 10 9 | 0   positions 0 1 | 2 3 4 | 2 3 | 0
+    Example 7 packs to  11 | 12 9 | 9 | 0 0 0 0  positions 0 | 1 2 | 1 | 0 0 0 0
+    Packed activations are [W, B]: column w of prompt b is flat index w * 2 + b. Sequence (3, response 1)
+    reads columns 0 1 (the prompt, owned by response 0: stored as -1 - index) then 5 6 (its own).
+    """
+    plain = collate(two_examples(), PAD, pad_to_multiple_of=4)
+    packed = collate(two_examples(), PAD, pad_to_multiple_of=4, share_prompt=True)
+    assert_close(packed.input_ids, torch.tensor([[5, 6, 7, 8, 9, 10, 9, 0], [11, 12, 9, 9, 0, 0, 0, 0]]))
+    assert_close(packed.position_ids, torch.tensor([[0, 1, 2, 3, 4, 2, 3, 0], [0, 1, 2, 1, 0, 0, 0, 0]]))
+    assert_close(
+        packed.attention_layout,
+        torch.tensor([
+            [0, 2, 4, 6, 8, -1, -1, -1],
+            [-1, -3, 10, 12, -1, -1, -1, -1],
+            [1, 3, 5, -2, -2, -2, -2, -2],
+            [-2, 7, -2, -2, -2, -2, -2, -2],
+        ]),
+    )  # fmt: skip
+    # The loss sees the unpacked sequences: same labels and mask.
+    assert_close(packed.labels, plain.labels)
+    assert_close(packed.loss_mask, plain.loss_mask)
+    # Every real sequence token reads the packed token it is.
+    layout = packed.attention_layout
+    sources = torch.where(layout >= 0, layout, -1 - layout)
+    gathered = packed.input_ids.t().reshape(-1)[sources]
+    real = plain.input_ids != PAD
+    assert_close(gathered[real], plain.input_ids[real])
+    assert plain.attention_layout is None
+
+
+def test_share_prompt_with_kl_rows_and_pack_to():
+    exs = [
+        PreferenceExample(0, [5, 6], [[7, EOS], [8, EOS]], [1.0, 0.0], kl_response_ids=[12, EOS]),
+        PreferenceExample(1, [11], [[7, EOS], [EOS]], [1.0, 0.0], kl_response_ids=[8, 8, EOS]),
+    ]
+    packed = collate(exs, PAD, share_prompt=True, pack_to=16)
+    assert packed.input_ids.shape == (2, 16) and packed.attention_layout.shape == (6, 8)
+    assert packed.input_ids[0, :8].tolist() == [5, 6, 7, EOS, 8, EOS, 12, EOS]
+    assert packed.position_ids[0, :8].tolist() == [0, 1, 2, 3, 2, 3, 2, 3]
+    with pytest.raises(ValueError, match="pack_to=7 is shorter than the longest packed row \\(8 tokens\\)"):
+        collate(exs, PAD, share_prompt=True, pack_to=7)
