@@ -7,6 +7,10 @@ with the same mathematics. This module is a drop-in ``core_attention`` for megat
 same constructor (it reuses ``DotProductAttention.__init__`` for head counts, scale and dropout), same
 ``[s, b, np, hn] -> [s, b, np * hn]`` contract. Features SDPA does not express (softmax offsets, sliding
 windows, query-key layer scaling) fall back to megatron's implementation.
+
+It also runs packed shared-prompt batches (``model.share_prompt``): the ``attention_mask`` is then the
+batch's long layout tensor, and the rows' R sequences are attended one by one
+(:mod:`nemo_rpo.models.shared_prompt`).
 """
 
 from __future__ import annotations
