@@ -175,24 +175,23 @@ def _pack(
         raise ValueError(f"pack_to={pack_to} is shorter than the longest packed row ({longest} tokens)")
     else:
         packed_width = pack_to
-    input_ids = torch.full((num_prompts, packed_width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((num_prompts, packed_width), dtype=torch.long)
-    layout_rows = []
+    # Built as Python lists and converted once: a few small torch ops per sequence cost more than the
+    # step's model work on small models.
+    tokens, positions, columns, owners, prompt_of_row = [], [], [], [], []
     for b, ex in enumerate(examples):
         p = len(ex.prompt_ids)
-        input_ids[b, :p] = torch.tensor(ex.prompt_ids, dtype=torch.long)
-        position_ids[b, :p] = torch.arange(p)
-        offset = p
+        row_tokens, row_positions = list(ex.prompt_ids), list(range(p))
         for r, response in enumerate([*ex.response_ids, *([ex.kl_response_ids] if with_kl else [])]):
-            n = len(response)
-            input_ids[b, offset : offset + n] = torch.tensor(response, dtype=torch.long)
-            position_ids[b, offset : offset + n] = torch.arange(p, p + n)
+            n, offset = len(response), len(row_tokens)
             # packed column of each sequence position: prompt, this response, then column 0 for padding
-            column = torch.cat([torch.arange(p), torch.arange(offset, offset + n),
-                                torch.zeros(width - p - n, dtype=torch.long)])  # fmt: skip
-            owns = torch.cat([torch.full((p,), r == 0), torch.ones(n, dtype=torch.bool),
-                              torch.zeros(width - p - n, dtype=torch.bool)])  # fmt: skip
-            flat = column * num_prompts + b
-            layout_rows.append(torch.where(owns, flat, -1 - flat))
-            offset += n
-    return input_ids, position_ids, torch.stack(layout_rows)
+            columns.append([*range(p), *range(offset, offset + n), *[0] * (width - p - n)])
+            owners.append([r == 0] * p + [True] * n + [False] * (width - p - n))
+            prompt_of_row.append(b)
+            row_tokens += response
+            row_positions += range(p, p + n)
+        pad = packed_width - len(row_tokens)
+        tokens.append(row_tokens + [pad_id] * pad)
+        positions.append(row_positions + [0] * pad)
+    flat = torch.tensor(columns, dtype=torch.long) * num_prompts + torch.tensor(prompt_of_row).unsqueeze(1)
+    layout = torch.where(torch.tensor(owners), flat, -1 - flat)
+    return torch.tensor(tokens, dtype=torch.long), torch.tensor(positions, dtype=torch.long), layout

@@ -37,11 +37,23 @@ def sources(layout: torch.Tensor) -> torch.Tensor:
     return torch.where(layout >= 0, layout, -1 - layout)
 
 
+def _indices(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sources, owners, destinations)`` of a layout, flat; computed once per layout tensor (every layer
+    and every recomputation passes the same tensor object)."""
+    cached = getattr(layout, "_shared_prompt_indices", None)
+    if cached is None:
+        flat = layout.reshape(-1)
+        owners = torch.nonzero(flat >= 0).squeeze(-1)
+        cached = (sources(flat), owners, flat.index_select(0, owners))
+        layout._shared_prompt_indices = cached
+    return cached
+
+
 def to_sequences(packed: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     """``[W, B, *rest]`` packed activations -> ``[B*R, T, *rest]`` sequences (a new tensor)."""
     rows, width = layout.shape
     flat = packed.reshape(packed.shape[0] * packed.shape[1], *packed.shape[2:])
-    return flat.index_select(0, sources(layout).reshape(-1)).view(rows, width, *packed.shape[2:])
+    return flat.index_select(0, _indices(layout)[0]).view(rows, width, *packed.shape[2:])
 
 
 def to_packed(sequences: torch.Tensor, layout: torch.Tensor, packed_shape: tuple[int, int]) -> torch.Tensor:
@@ -50,9 +62,7 @@ def to_packed(sequences: torch.Tensor, layout: torch.Tensor, packed_shape: tuple
     Packed positions no sequence owns (padding after a row's last response) are zero.
     """
     rest = sequences.shape[2:]
-    flat_layout = layout.reshape(-1)
-    owners = torch.nonzero(flat_layout >= 0).squeeze(-1)
+    _, owners, destinations = _indices(layout)
     values = sequences.reshape(-1, *rest).index_select(0, owners)
     out = sequences.new_zeros(packed_shape[0] * packed_shape[1], *rest)
-    out = out.index_copy(0, flat_layout.index_select(0, owners), values)
-    return out.view(*packed_shape, *rest)
+    return out.index_copy(0, destinations, values).view(*packed_shape, *rest)
