@@ -25,8 +25,13 @@ def _examples(seed: int, k: int, kl: bool) -> list[PreferenceExample]:
         return [rng.randrange(1, VOCAB) for _ in range(n)]
 
     return [
-        PreferenceExample(i, ids(rng.randint(1, 9)), [ids(rng.randint(1, 12)) for _ in range(k)],
-                          [rng.random() for _ in range(k)], ids(5) if kl else None)  # fmt: skip
+        PreferenceExample(
+            i,
+            ids(rng.randint(1, 9)),
+            [ids(rng.randint(1, 12)) for _ in range(k)],
+            [rng.random() for _ in range(k)],
+            ids(5) if kl else None,
+        )  # fmt: skip
         for i in range(3)
     ]
 
@@ -50,7 +55,9 @@ def _nll_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
     ],
     ids=["rope-gqa", "kl-rows", "learned-positions", "recompute"],
 )
-def test_packed_batch_gives_unpacked_nll_and_grads(world1: ParallelInfo, tiny_config, overrides, k, kl) -> None:
+def test_packed_batch_gives_unpacked_nll_and_grads(
+    world1: ParallelInfo, tiny_config, overrides, k, kl
+) -> None:
     model = build_gpt_model(tiny_config(max_seq_len=64, **overrides), ParallelConfig(), VOCAB, init_seed=3)
     examples = _examples(seed=len(overrides) + k, k=k, kl=kl)
     plain = collate(examples, pad_id=0)
@@ -81,5 +88,7 @@ def test_share_prompt_resolution_and_errors(world1: ParallelInfo) -> None:
     assert shares_prompt(ModelConfig(transformer_impl="local")) is True
     assert shares_prompt(ModelConfig(transformer_impl="local", core_attention="megatron")) is False
     assert shares_prompt(ModelConfig(transformer_impl="local", share_prompt=False)) is False
-    with pytest.raises(ConfigError, match="model.share_prompt: needs the local spec with core_attention=sdpa"):
+    with pytest.raises(
+        ConfigError, match="model.share_prompt: needs the local spec with core_attention=sdpa"
+    ):
         ModelConfig(core_attention="megatron", share_prompt=True)
