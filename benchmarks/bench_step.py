@@ -225,10 +225,11 @@ def sft_step(model: list, optimizer, scheduler, microbatches: list[PreferenceBat
     """Same megatron model/optimizer/schedule as ``train_step``; loss = response-token NLL sum / #tokens."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from nemo_rpo.training.step import batch_nll
+
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
-        output = chunk(batch.input_ids, batch.position_ids, batch.attention_layout, labels=batch.labels,
-                       loss_mask=batch.loss_mask)  # fmt: skip
+        output = batch_nll(chunk, batch)
 
         def loss_func(output_tensor: torch.Tensor):
             nll_sum = (output_tensor.float() * batch.loss_mask).sum()

@@ -79,14 +79,10 @@ def microbatches(
     """
     if fill and len(examples) % micro_batch_size:
         examples = list(examples) + [examples[-1]] * (micro_batch_size - len(examples) % micro_batch_size)
-    longest = max(
-        len(ex.prompt_ids) + max(map(len, ex.response_ids + [ex.kl_response_ids or []])) for ex in examples
-    )
+    longest = max(len(ex.prompt_ids) + max(map(len, ex.sequence_responses)) for ex in examples)
     width = max(width or 0, -(-longest // 8) * 8)
     # one sequence per prompt (SFT) has nothing to share
-    share_prompt = (
-        share_prompt and len(examples[0].response_ids) + int(examples[0].kl_response_ids is not None) > 1
-    )
+    share_prompt = share_prompt and len(examples[0].sequence_responses) > 1
     pack_to = -(-max(map(packed_length, examples)) // 8) * 8 if share_prompt else None
     chunks = split_micro_batches(list(range(len(examples))), micro_batch_size)
     return [

@@ -73,6 +73,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     progress = progress_bar(cfg, info, start)
+    share_prompt = shares_prompt(cfg.model)
     first = last = None
     for it in iteration_plan(cfg):
         if it.end <= start:
@@ -86,7 +87,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
             tick = time.perf_counter()
             examples = [dataset[i] for i in sampler.indices_for_step(step - it.start)]
             micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
-                                 share_prompt=shares_prompt(cfg.model))  # fmt: skip
+                                 share_prompt=share_prompt)  # fmt: skip
             result = train_step(
                 model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss
             )

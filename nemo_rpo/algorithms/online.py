@@ -83,6 +83,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     progress = progress_bar(cfg, info, start)
+    share_prompt = shares_prompt(cfg.model)
     first = last = None
     for step in range(start, cfg.trainer.max_steps):
         it = iteration_at(plan, step)
@@ -95,7 +96,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
         first_row = info.dp_rank * len(local)
         batch, gen_s, score_s = rollout(generator, reward_model, tokenizer, local, cfg.k, draws, first_row)
         micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
-                             width=width, share_prompt=shares_prompt(cfg.model))  # fmt: skip
+                             width=width, share_prompt=share_prompt)  # fmt: skip
         ref_tick = time.perf_counter()
         ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
         train_tick = time.perf_counter()

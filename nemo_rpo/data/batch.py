@@ -74,8 +74,16 @@ class PreferenceBatch:
 
 def packed_length(example: PreferenceExample) -> int:
     """Tokens of ``example`` with its prompt held once: the prompt, then every sequence's response."""
-    responses = [*example.response_ids, *([example.kl_response_ids] if example.kl_response_ids else [])]
-    return len(example.prompt_ids) + sum(map(len, responses))
+    return len(example.prompt_ids) + sum(map(len, example.sequence_responses))
+
+
+def _padded_width(longest: int, multiple: int, fixed: int | None, name: str, what: str) -> int:
+    """``longest`` rounded up to ``multiple``, or ``fixed`` when given (a ValueError if it is too short)."""
+    if fixed is None:
+        return -(-longest // multiple) * multiple
+    if fixed < longest:
+        raise ValueError(f"{name}={fixed} is shorter than the longest {what} ({longest} tokens)")
+    return fixed
 
 
 def collate(
@@ -117,15 +125,9 @@ def collate(
     rows = [
         (len(ex.prompt_ids), ex.prompt_ids + response)
         for ex in examples
-        for response in [*ex.response_ids, *([ex.kl_response_ids] if with_kl else [])]
+        for response in ex.sequence_responses
     ]
-    longest = max(len(seq) for _, seq in rows)
-    if pad_to is None:
-        width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    elif pad_to < longest:
-        raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({longest} tokens)")
-    else:
-        width = pad_to
+    width = _padded_width(max(len(seq) for _, seq in rows), pad_to_multiple_of, pad_to, "pad_to", "sequence")
 
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
@@ -138,7 +140,9 @@ def collate(
     rewards = torch.tensor([ex.rewards for ex in examples], dtype=torch.float32) if with_rewards else None
     layout = None
     if share_prompt:
-        input_ids, position_ids, layout = _pack(examples, with_kl, pad_id, width, pad_to_multiple_of, pack_to)
+        packed_width = _padded_width(max(map(packed_length, examples)), pad_to_multiple_of, pack_to, "pack_to",
+                                     "packed row")  # fmt: skip
+        input_ids, position_ids, layout = _pack(examples, pad_id, width, packed_width)
     return PreferenceBatch(
         input_ids=input_ids,
         labels=labels,
@@ -153,12 +157,7 @@ def collate(
 
 
 def _pack(
-    examples: Sequence[PreferenceExample],
-    with_kl: bool,
-    pad_id: int,
-    width: int,
-    pad_to_multiple_of: int,
-    pack_to: int | None,
+    examples: Sequence[PreferenceExample], pad_id: int, width: int, packed_width: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``position_ids`` ``[B, W]`` with each prompt once, and the ``[B*R, T]`` layout.
 
@@ -168,20 +167,13 @@ def _pack(
     and its padding from the row's first token (padding is only ever attended by padding).
     """
     num_prompts = len(examples)
-    longest = max(map(packed_length, examples))
-    if pack_to is None:
-        packed_width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    elif pack_to < longest:
-        raise ValueError(f"pack_to={pack_to} is shorter than the longest packed row ({longest} tokens)")
-    else:
-        packed_width = pack_to
     # Built as Python lists and converted once: a few small torch ops per sequence cost more than the
     # step's model work on small models.
     tokens, positions, columns, owners, prompt_of_row = [], [], [], [], []
     for b, ex in enumerate(examples):
         p = len(ex.prompt_ids)
         row_tokens, row_positions = list(ex.prompt_ids), list(range(p))
-        for r, response in enumerate([*ex.response_ids, *([ex.kl_response_ids] if with_kl else [])]):
+        for r, response in enumerate(ex.sequence_responses):
             n, offset = len(response), len(row_tokens)
             # packed column of each sequence position: prompt, this response, then column 0 for padding
             columns.append([*range(p), *range(offset, offset + n), *[0] * (width - p - n)])

@@ -44,6 +44,11 @@ class PreferenceExample:
     rewards: list[float] | None
     kl_response_ids: list[int] | None = None
 
+    @property
+    def sequence_responses(self) -> list[list[int]]:
+        """The responses a batch holds a sequence for: the K responses, then the KL one if any."""
+        return [*self.response_ids, *([self.kl_response_ids] if self.kl_response_ids is not None else [])]
+
 
 @dataclass
 class DatasetStats:

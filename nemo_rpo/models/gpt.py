@@ -56,11 +56,8 @@ class PolicyGPTModel(GPTModel):
         if not getattr(self, "_per_row_positions", False) or rotary is None:
             return out
         # megatron's [s, 1, 1, d] table indexed by each packed token's position -> [s, b, 1, d]
-        rows = position_ids.t()
-        if int(rows.max()) >= rotary.shape[0]:
-            raise ValueError(f"model.share_prompt: position {int(rows.max())} beyond the packed width "
-                             f"{rotary.shape[0]}")  # fmt: skip
-        return (out[0], rotary[:, 0, 0][rows].unsqueeze(2), *out[2:])
+        # (a packed row is at least as wide as each of its sequences, so every position is in the table)
+        return (out[0], rotary[:, 0, 0][position_ids.t()].unsqueeze(2), *out[2:])
 
     def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
         """megatron's ``forward``. With a shared-prompt layout as ``attention_mask``

@@ -32,11 +32,6 @@ def is_layout(mask: torch.Tensor | None) -> bool:
     return mask is not None and mask.dtype == torch.long
 
 
-def sources(layout: torch.Tensor) -> torch.Tensor:
-    """``[B*R, T]`` flat packed index each sequence position reads (ownership dropped)."""
-    return torch.where(layout >= 0, layout, -1 - layout)
-
-
 def _indices(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sources, owners, destinations)`` of a layout, flat; computed once per layout tensor (every layer
     and every recomputation passes the same tensor object)."""
@@ -44,7 +39,8 @@ def _indices(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     if cached is None:
         flat = layout.reshape(-1)
         owners = torch.nonzero(flat >= 0).squeeze(-1)
-        cached = (sources(flat), owners, flat.index_select(0, owners))
+        sources = torch.where(flat >= 0, flat, -1 - flat)  # ownership dropped
+        cached = (sources, owners, flat.index_select(0, owners))
         layout._shared_prompt_indices = cached
     return cached
 

@@ -47,19 +47,21 @@ class StepResult:
     non_finite: bool = False
 
 
+def batch_nll(model: torch.nn.Module, batch: PreferenceBatch) -> torch.Tensor:
+    """Per-token NLL ``[B*R, T]`` of ``batch``'s labels on the last pipeline stage (the stage's output
+    activation elsewhere).
+
+    With labels, GPTModel computes it from vocab-parallel logits (no full-vocabulary gather on any rank),
+    over the loss mask's columns only (PolicyGPTModel); a packed batch passes its shared-prompt layout.
+    """
+    return model(batch.input_ids, batch.position_ids, batch.attention_layout, labels=batch.labels,
+                 loss_mask=batch.loss_mask)  # fmt: skip
+
+
 def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], loss: LossConfig):
     def forward_step(data_iterator: Iterator[PreferenceBatch], model: torch.nn.Module):
         batch = next(data_iterator)
-        # With labels, GPTModel returns the per-token NLL [b, s] from vocab-parallel logits (no
-        # full-vocabulary gather on any rank), over the loss mask's columns only (PolicyGPTModel).
-        output = model(
-            batch.input_ids,
-            batch.position_ids,
-            batch.attention_layout,
-            labels=batch.labels,
-            loss_mask=batch.loss_mask,
-        )
-        return output, make_loss_func(batch, ref_lookup(batch), loss)
+        return batch_nll(model, batch), make_loss_func(batch, ref_lookup(batch), loss)
 
     return forward_step
 
@@ -163,13 +165,7 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
 
     def forward_step(data_iterator, chunk):
         batch = next(data_iterator)
-        output = chunk(
-            batch.input_ids,
-            batch.position_ids,
-            batch.attention_layout,
-            labels=batch.labels,
-            loss_mask=batch.loss_mask,
-        )
+        output = batch_nll(chunk, batch)
 
         def loss_func(output_tensor):
             token_logps = -output_tensor.float()
