@@ -7,8 +7,10 @@ the median step time of each side and the median of the per-pair speedups ``A / 
 
 Changes (``--change``):
 
-* ``gemm-blocking``: ``cpu_support._mm`` (row-blocked narrow products, B) vs one ``torch.matmul`` per
-  product (A);
+* ``onednn``: the linear layers' forward and input-gradient products through oneDNN
+  (``cpu_support._product``, B) vs MKL for every product (A);
+* ``gemm-blocking``: ``cpu_support._mm`` (row-blocked narrow MKL products, B) vs one ``torch.matmul``
+  per product (A);
 * ``swiglu``: ``nemo_rpo.models.mlp``'s SwiGLU autograd function (B) vs megatron's ``MLP.forward`` (A);
 * ``finite-check``: ``step.all_finite`` (one ``aminmax`` per gradient buffer, B) vs
   ``torch.isfinite(buffer).all()`` (A);
@@ -34,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import build_anchor, make_examples, make_microbatches  # noqa: E402
 
-CHANGES = ["gemm-blocking", "swiglu", "finite-check", "sdpa-contiguous", "share-prompt"]
+CHANGES = ["onednn", "gemm-blocking", "swiglu", "finite-check", "sdpa-contiguous", "share-prompt"]
 
 
 def _toggles(change: str, state: dict):
@@ -48,6 +50,16 @@ def _toggles(change: str, state: dict):
             return lambda: state.__setitem__("current", state["batches"][i])
 
         return use(0), use(1)
+    if change == "onednn":
+        from nemo_rpo.distributed import cpu_support
+
+        if not cpu_support._ONEDNN:
+            raise SystemExit("ab_step.py: this torch is built without oneDNN")
+
+        def set_onednn(flag: bool):
+            return lambda: setattr(cpu_support, "_ONEDNN", flag)
+
+        return set_onednn(False), set_onednn(True)
     if change == "gemm-blocking":
         from nemo_rpo.distributed import cpu_support
 

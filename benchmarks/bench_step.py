@@ -6,8 +6,9 @@ megatron's forward/backward schedule), feeds it 8 preference pairs (K=2) per ste
 tokens (64 prompt + 192 response) of random token ids, and reports:
 
 * steady-state s/step (warmup steps excluded; median over the timed steps), tokens/s (16 x 256 per step);
-* MFU against this machine's fp32 GEMM peak, measured here with large ``torch.matmul`` at the same
-  thread count, using Megatron-LM's FLOPs convention (formula printed with the results);
+* MFU against this machine's fp32 GEMM peak, measured here with large square products at the same
+  thread count (the best of MKL's ``torch.matmul`` and oneDNN's linear, the two libraries the step's
+  products use), using Megatron-LM's FLOPs convention (formula printed with the results);
 * the RPO/SFT step-time ratio, where SFT is the same model, optimizer and schedule with a loss_func
   that returns the NLL summed over response tokens;
 * a plain-PyTorch DPO step (``benchmarks/plain_dpo.py``: same shape, nn.Linear/RMSNorm/RoPE/SwiGLU/SDPA,
@@ -201,19 +202,32 @@ def flops_per_token(n_matmul: int, num_layers: int, hidden: int, seq: int) -> in
 
 
 def gemm_peak(sizes=(1024, 2048, 4096), reps: int = 5) -> dict:
-    """Best fp32 ``torch.matmul`` throughput (GFLOP/s) over square sizes at the current thread count."""
-    best = {}
+    """Best fp32 GEMM throughput (GFLOP/s) over square sizes at the current thread count, from each library
+    the step's products use: MKL (``torch.matmul``) and, where torch has it, oneDNN (the kernel
+    ``cpu_support`` runs the linear layers' forward and input-gradient products with). The peak is the
+    best of all, so MFU is measured against the fastest GEMM this machine has shown."""
+    from nemo_rpo.distributed import cpu_support
+
+    def onednn(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+        torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+    libraries = {"mkl": lambda a, b, out: torch.matmul(a, b, out=out)}
+    if cpu_support._ONEDNN:
+        libraries["onednn"] = onednn
+    per_library: dict[str, dict[int, float]] = {name: {} for name in libraries}
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         out = torch.empty(n, n)
-        torch.matmul(a, b, out=out)  # warm
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.matmul(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-        best[n] = 2 * n**3 / min(times) / 1e9
-    return {"per_size_gflops": best, "peak_gflops": max(best.values())}
+        for name, gemm in libraries.items():
+            gemm(a, b, out)  # warm
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                gemm(a, b, out)
+                times.append(time.perf_counter() - t0)
+            per_library[name][n] = 2 * n**3 / min(times) / 1e9
+    best = {n: max(lib[n] for lib in per_library.values()) for n in sizes}
+    return {"per_size_gflops": best, "per_library_gflops": per_library, "peak_gflops": max(best.values())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -563,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{(flops_per_step - head_saved - layer_saved) / 1e9:.1f} GFLOP executed per step; same "
               "numbers); the 'whole' row computes every sequence whole, as the plain and TRL rows do. "
               f"tokens/s counts the {tokens_per_step} tokens of the step's sequences for every row")  # fmt: skip
-    print(f"fp32 GEMM peak (torch.matmul, {threads} threads): {peak:.1f} GFLOP/s  "
+    print(f"fp32 GEMM peak (best of MKL and oneDNN, {threads} threads): {peak:.1f} GFLOP/s  "
           f"[before {fmt_sizes(peak_before)}; after {fmt_sizes(peak_after)}]")  # fmt: skip
     print(f"setup: collate {collate_s * 1e3:.1f} ms, reference log-probs (1 fwd, mbs "
           f"{args.micro_batch_size[0]}) {ref_s:.2f} s")  # fmt: skip
@@ -676,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.breakdown:
         mbs = args.micro_batch_size[0]
-        microbatches = make_microbatches(examples, mbs)
+        microbatches = make_microbatches(examples, mbs, share_prompt=share)
         timer = PhaseTimer(model, optimizer)
         fns = {"rpo": lambda: train_step(model, optimizer, scheduler, microbatches, lookup, cfg.loss),
                "sft": lambda: sft_step(model, optimizer, scheduler, microbatches)}  # fmt: skip
@@ -698,7 +712,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"| {ph:<18} | {a:>7.3f} | {b:>7.3f} | {a - b:>+7.3f} |")
 
     if args.profile:
-        microbatches = make_microbatches(examples, best)
+        microbatches = make_microbatches(examples, best, share_prompt=share)
         print(f"\n=== torch.profiler: {args.profile} RPO steps, mbs {best} (self CPU time) ===")
         print(
             profile(
@@ -717,7 +731,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fmt_sizes(peak: dict) -> str:
-    return ", ".join(f"{n}: {g:.0f}" for n, g in peak["per_size_gflops"].items())
+    return "; ".join(
+        f"{lib} " + ", ".join(f"{n}: {g:.0f}" for n, g in sizes.items())
+        for lib, sizes in peak.get("per_library_gflops", {"matmul": peak["per_size_gflops"]}).items()
+    )
 
 
 if __name__ == "__main__":

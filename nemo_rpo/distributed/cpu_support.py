@@ -19,8 +19,9 @@ module rewrites those assumptions at run time, in one place, and only when there
    ``torch.cuda.manual_seed`` silently does nothing and ``torch.cuda.get_rng_state`` raises.
 4. Inference: ``TextGenerationController`` builds ``torch.Generator(device=cuda)`` in ``__init__``;
    generator construction is not a torch function, so the mode cannot see it.
-5. Speed, same numbers: megatron's linear-layer autograd function computes narrow-output products in
-   row blocks (:class:`_CpuLinear`; bit-identical, faster with MKL on a small CPU).
+5. Speed: megatron's linear-layer autograd function (:class:`_CpuLinear`) computes the forward and
+   input-gradient products with oneDNN where it is built into torch (fp32, same precision: only the
+   summation order differs), the rest with MKL, narrow-output products in row blocks.
 6. :func:`tune_glibc_malloc` (not installed here: ``launch.configure_cpu`` applies it when
    ``trainer.keep_freed_memory``) stops glibc from unmapping and re-faulting large blocks every step.
 7. Start-up: :func:`prepare_megatron_import` (call it before the first ``import megatron``) makes
@@ -334,20 +335,41 @@ def _patch_inference() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. Linear layers: row-blocked narrow GEMMs
+# 5. Linear layers: oneDNN products, row-blocked narrow MKL products
 # --------------------------------------------------------------------------------------------------
 
-# On the 2-core development CPU, MKL's sgemm runs products with a narrow output (N <= 512 columns: a
-# layer's output projection, fc2, and the input-gradient GEMMs of qkv, fc1 and the LM head) 20-40%
-# faster when the rows are fed in blocks of 512 than as one [M, K] x [K, N] call; every output row is
-# computed by the same kernel either way (bit-identical, tested). One anchor-shape step: 3.4% faster
-# (median of 10 interleaved pairs). Wide outputs are left to MKL.
+# On the 2-core development CPU (AMD EPYC, AVX2), MKL's sgemm runs products with a narrow output
+# (N <= 512 columns: a layer's output projection, fc2, and the input-gradient GEMMs of qkv, fc1 and
+# the LM head) 20-40% faster when the rows are fed in blocks of 512 than as one [M, K] x [K, N] call;
+# every output row is computed by the same kernel either way (bit-identical, tested).
 _BLOCK_ROWS = 512
 _BLOCK_MAX_COLS = 512
 
+# oneDNN's fp32 inner product (the kernel torch.compile's CPU backend uses for linear layers) beats
+# MKL on the same CPU by 10-30% per product for every forward and input-gradient product of the anchor
+# shape whose reduction is short (K = 256-1,408), the LM-head forward included; for the LM head's input
+# gradient (K = 8,192) and for weight gradients (transposed operands) MKL stays ahead. Same precision:
+# fp32 products with fp32 accumulation, only the summation order differs (results agree within
+# rounding, tested). Used when torch is built with oneDNN (``torch.backends.mkldnn``), for fp32, and
+# only for products of at least 2^28 FLOPs (~2.5 ms here): oneDNN costs ~50 us more per call than MKL
+# and compiles a kernel for every new shape (0.7-7 ms, once: its primitive cache keeps 1,024), which a
+# small product never pays back; training repeats its shapes, the first step pays the compilation.
+_ONEDNN_MAX_K = 2048
+_ONEDNN_MIN_FLOPS = 1 << 28
+
+
+def _onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN = _onednn_available()
+
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a [..., K] @ b [K, N] -> [..., N]``, in row blocks when the output is narrow and tall."""
+    """``a [..., K] @ b [K, N] -> [..., N]`` with MKL, in row blocks when the output is narrow and tall."""
     rows = a.numel() // a.shape[-1] if a.shape[-1] else 0
     cols = b.shape[1]
     if cols > _BLOCK_MAX_COLS or rows < 3 * _BLOCK_ROWS:
@@ -362,22 +384,39 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [..., K] @ b [K, N] -> [..., N]``: oneDNN for large fp32 products with a short reduction, else
+    :func:`_mm`."""
+    k, n = b.shape
+    flops = 2 * a.numel() * n
+    if not (
+        _ONEDNN and a.dtype == b.dtype == torch.float32 and k <= _ONEDNN_MAX_K and flops >= _ONEDNN_MIN_FLOPS
+    ):
+        return _mm(a, b)
+    # oneDNN's linear computes x @ w.T for w [N, K]; b.t() is that operand (a strided view is fine).
+    y = torch.ops.mkldnn._linear_pointwise(a.reshape(-1, a.shape[-1]), b.t(), None, "none", [], "")
+    if a.dim() == 2:
+        return y
+    # The result in a's leading shape, as a new tensor on y's storage rather than a view (see _mm).
+    return y.new_empty(0).set_(y.untyped_storage(), y.storage_offset(), (*a.shape[:-1], n))
+
+
 class _CpuLinear(torch.autograd.Function):
     """megatron's ``LinearWithGradAccumulationAndAsyncCommunication`` for the case CPU runs take (no
     sequence parallelism, no gradient-accumulation fusion, no deferred weight gradients), through
-    :func:`_mm`; the same products, and the same input-gradient all-reduce under tensor parallelism."""
+    :func:`_product`; the same products, and the same input-gradient all-reduce under tensor parallelism."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, allreduce_dgrad, tp_group):  # noqa: ANN001, ANN205
         ctx.save_for_backward(input, weight)
         ctx.use_bias, ctx.allreduce_dgrad, ctx.tp_group = bias is not None, allreduce_dgrad, tp_group
-        output = _mm(input, weight.t())
+        output = _product(input, weight.t())
         return output + bias if bias is not None else output
 
     @staticmethod
     def backward(ctx, grad_output):  # noqa: ANN001, ANN205
         input, weight = ctx.saved_tensors
-        grad_input = _mm(grad_output, weight)
+        grad_input = _product(grad_output, weight)
         handle = None
         if ctx.allreduce_dgrad:
             handle = torch.distributed.all_reduce(grad_input, group=ctx.tp_group, async_op=True)

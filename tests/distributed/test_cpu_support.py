@@ -95,12 +95,70 @@ def test_blocked_mm_is_bit_identical(rows: int, k: int, n: int) -> None:
     assert torch.equal(cpu_support._mm(a, b), torch.matmul(a, b))
 
 
+needs_onednn = pytest.mark.skipif(not cpu_support._ONEDNN, reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize(("shape", "k", "n"), [((2048,), 96, 64), ((512, 4), 256, 600), ((3, 5), 64, 32)])
+def test_onednn_product_matches_matmul(monkeypatch, shape: tuple, k: int, n: int) -> None:
+    """Short-reduction fp32 products go to oneDNN: the matmul's numbers within fp32 rounding, in a's
+    leading shape, as a tensor megatron may modify in place (not a view)."""
+    calls, real = [], torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(cpu_support, "_ONEDNN_MIN_FLOPS", 0)  # small test shapes
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(*shape, k, generator=gen), torch.randn(k, n, generator=gen)
+    out = cpu_support._product(a, b)
+    assert calls and out.shape == (*shape, n) and out.is_contiguous() and not out._is_view()
+    expected = torch.matmul(a.double(), b.double()).float()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * k**0.5)
+    assert not torch.equal(out, torch.zeros_like(out))
+
+
+@needs_onednn
+def test_products_from_2_pow_28_flops_go_to_onednn(monkeypatch) -> None:
+    calls, real = [], torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    a, b = torch.randn(2048, 256), torch.randn(256, 256)  # 2 * 2048 * 256 * 256 = 2^28
+    cpu_support._product(a[:-1], b)
+    assert not calls
+    cpu_support._product(a, b)
+    assert calls
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("dtype", "rows", "k"),
+    [
+        (torch.float32, 1536, 4096),
+        (torch.float64, 2048, 512),
+        (torch.bfloat16, 2048, 512),
+        (torch.float32, 512, 64),
+    ],
+)
+def test_small_products_long_reductions_and_other_dtypes_stay_on_mkl(
+    monkeypatch, dtype: torch.dtype, rows: int, k: int
+) -> None:
+    """The LM head's input gradient (long reduction), non-fp32 and small products (under 2^28 FLOPs) keep
+    MKL's numbers exactly."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: pytest.fail("oneDNN called"))
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, k, generator=gen).to(dtype), torch.randn(k, 256, generator=gen).to(dtype)
+    assert torch.equal(cpu_support._product(a, b), cpu_support._mm(a, b))
+
+
+@pytest.mark.parametrize("onednn", [False, pytest.param(True, marks=needs_onednn)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_layers_use_the_cpu_function_with_megatron_numbers(monkeypatch, with_bias: bool) -> None:
-    """megatron's linear layers route through _CpuLinear; output and every gradient are bit-identical to
-    megatron's own autograd function (one process: the input-gradient all-reduce is the TP tests')."""
+def test_linear_layers_use_the_cpu_function_with_megatron_numbers(
+    monkeypatch, with_bias: bool, onednn: bool
+) -> None:
+    """megatron's linear layers route through _CpuLinear; output and every gradient equal megatron's own
+    autograd function: bit for bit with MKL products, within fp32 rounding where oneDNN computes the
+    output and input gradient (one process: the input-gradient all-reduce is the TP tests')."""
     from megatron.core.tensor_parallel import layers
 
+    monkeypatch.setattr(cpu_support, "_ONEDNN", onednn)
+    monkeypatch.setattr(cpu_support, "_ONEDNN_MIN_FLOPS", 0)  # small test shapes
     calls, real_apply = [], cpu_support._CpuLinear.apply
     monkeypatch.setattr(cpu_support._CpuLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
     gen = torch.Generator().manual_seed(1)
@@ -124,7 +182,13 @@ def test_linear_layers_use_the_cpu_function_with_megatron_numbers(monkeypatch, w
 
     theirs = run(megatron_original)
     for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), ours, theirs):
-        assert (a is None and b is None and not with_bias) or torch.equal(a, b), name
+        if a is None and b is None and not with_bias:
+            continue
+        if onednn and name in ("output", "input grad"):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert not torch.equal(a, torch.zeros_like(a)), name
+        else:
+            assert torch.equal(a, b), name
 
 
 _IMPORT_SCRIPT = """
