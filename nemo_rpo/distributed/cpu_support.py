@@ -19,7 +19,7 @@ module rewrites those assumptions at run time, in one place, and only when there
    ``torch.cuda.manual_seed`` silently does nothing and ``torch.cuda.get_rng_state`` raises.
 4. Inference: ``TextGenerationController`` builds ``torch.Generator(device=cuda)`` in ``__init__``;
    generator construction is not a torch function, so the mode cannot see it.
-5. Speed: megatron's linear-layer autograd function (:class:`_CpuLinear`) computes the forward and
+5. Speed: megatron's linear-layer autograd function (:class:`_CpuLinear`) computes large forward and
    input-gradient products with oneDNN where it is built into torch (fp32, same precision: only the
    summation order differs), the rest with MKL, narrow-output products in row blocks.
 6. :func:`tune_glibc_malloc` (not installed here: ``launch.configure_cpu`` applies it when
@@ -345,7 +345,7 @@ def _patch_inference() -> None:
 _BLOCK_ROWS = 512
 _BLOCK_MAX_COLS = 512
 
-# oneDNN's fp32 inner product (the kernel torch.compile's CPU backend uses for linear layers) beats
+# oneDNN's fp32 inner product (``torch.ops.mkldnn._linear_pointwise``, shipped with torch) beats
 # MKL on the same CPU by 10-30% per product for every forward and input-gradient product of the anchor
 # shape whose reduction is short (K = 256-1,408), the LM-head forward included; for the LM head's input
 # gradient (K = 8,192) and for weight gradients (transposed operands) MKL stays ahead. Same precision:
