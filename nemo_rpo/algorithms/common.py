@@ -12,7 +12,7 @@ import torch
 from megatron.core.utils import unwrap_model
 
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
-from nemo_rpo.data.batch import PreferenceBatch, collate, packed_length
+from nemo_rpo.data.batch import PreferenceBatch, collate, packed_length, round_up
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.distributed.launch import ParallelInfo
@@ -80,10 +80,10 @@ def microbatches(
     if fill and len(examples) % micro_batch_size:
         examples = list(examples) + [examples[-1]] * (micro_batch_size - len(examples) % micro_batch_size)
     longest = max(len(ex.prompt_ids) + max(map(len, ex.sequence_responses)) for ex in examples)
-    width = max(width or 0, -(-longest // 8) * 8)
+    width = max(width or 0, round_up(longest))
     # one sequence per prompt (SFT) has nothing to share
     share_prompt = share_prompt and len(examples[0].sequence_responses) > 1
-    pack_to = -(-max(map(packed_length, examples)) // 8) * 8 if share_prompt else None
+    pack_to = round_up(max(map(packed_length, examples))) if share_prompt else None
     chunks = split_micro_batches(list(range(len(examples))), micro_batch_size)
     return [
         collate(

@@ -33,6 +33,7 @@ from nemo_rpo.algorithms.common import (
 )  # fmt: skip
 from nemo_rpo.algorithms.rollout import rollout
 from nemo_rpo.config.schema import RPOConfig
+from nemo_rpo.data.batch import round_up
 from nemo_rpo.data.preference import load_preference_dataset
 from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
@@ -74,7 +75,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     generator = MegatronGenerator(model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                   vocab_size=tokenizer.vocab_size)  # fmt: skip
     plan = iteration_plan(cfg)
-    width = -(-(max(len(p.ids) for p in prompts) + cfg.generation.max_new_tokens) // 8) * 8
+    width = round_up(max(len(p.ids) for p in prompts) + cfg.generation.max_new_tokens)
     resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
     start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
     ref_root = Path(cfg.exp_dir) / "reference"

@@ -21,7 +21,7 @@ import torch
 
 from nemo_rpo.algorithms.common import count_skipped, maybe_resume, should_save
 from nemo_rpo.config.rm_schema import RMTrainConfig
-from nemo_rpo.data.batch import PreferenceBatch, collate
+from nemo_rpo.data.batch import PreferenceBatch, collate, round_up
 from nemo_rpo.data.errors import DataError
 from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.preference import PreferenceDataset, load_preference_dataset
@@ -102,7 +102,7 @@ def _microbatches(
     """This rank's prompts for a step, as micro-batches padded to one width (pipeline p2p needs it)."""
     examples = [dataset[i] for i in indices]
     longest = max(len(ex.prompt_ids) + max(map(len, ex.response_ids)) for ex in examples)
-    width = max(longest, min(-(-longest // 8) * 8, cfg.model.max_seq_len))
+    width = max(longest, min(round_up(longest), cfg.model.max_seq_len))
     return [
         collate([dataset[i] for i in chunk], pad_id, pad_to=width).to(info.device)
         for chunk in split_micro_batches(indices, cfg.trainer.micro_batch_size)

@@ -77,10 +77,18 @@ def packed_length(example: PreferenceExample) -> int:
     return len(example.prompt_ids) + sum(map(len, example.sequence_responses))
 
 
+PAD_MULTIPLE = 8  # batch widths are rounded up to this many tokens
+
+
+def round_up(length: int, multiple: int = PAD_MULTIPLE) -> int:
+    """``length`` rounded up to a multiple of ``multiple``: the padded width of a batch."""
+    return -(-length // multiple) * multiple
+
+
 def _padded_width(longest: int, multiple: int, fixed: int | None, name: str, what: str) -> int:
     """``longest`` rounded up to ``multiple``, or ``fixed`` when given (a ValueError if it is too short)."""
     if fixed is None:
-        return -(-longest // multiple) * multiple
+        return round_up(longest, multiple)
     if fixed < longest:
         raise ValueError(f"{name}={fixed} is shorter than the longest {what} ({longest} tokens)")
     return fixed
@@ -89,7 +97,7 @@ def _padded_width(longest: int, multiple: int, fixed: int | None, name: str, wha
 def collate(
     examples: Sequence[PreferenceExample],
     pad_id: int,
-    pad_to_multiple_of: int = 8,
+    pad_to_multiple_of: int = PAD_MULTIPLE,
     pad_to: int | None = None,
     *,
     share_prompt: bool = False,

@@ -21,7 +21,7 @@ import torch
 
 from nemo_rpo.config.rm_schema import RMTrainConfig, rm_config_from_dict
 from nemo_rpo.config.schema import ParallelConfig
-from nemo_rpo.data.batch import PreferenceBatch, collate
+from nemo_rpo.data.batch import PreferenceBatch, collate, round_up
 from nemo_rpo.data.preference import PreferenceExample, tokenize_records
 from nemo_rpo.data.records import PreferenceRecord
 from nemo_rpo.data.tokenizer import build_tokenizer
@@ -119,7 +119,7 @@ class MegatronRewardModel:
             for i in range(num_batches * size - len(examples))
         ]
         longest = max(len(ex.prompt_ids) + len(ex.response_ids[0]) for ex in padded)
-        width = max(longest, min(-(-longest // 8) * 8, self.cfg.model.max_seq_len))
+        width = max(longest, min(round_up(longest), self.cfg.model.max_seq_len))
         pad_id = self.tokenizer.pad_id
         return [
             collate(padded[b * size : (b + 1) * size], pad_id, pad_to=width).to(self.device)
