@@ -32,9 +32,9 @@ def load_rounds(path: Path, row: str, mbs: str | None) -> list[tuple[float, floa
     """``[(rpo round median, row round median), ...]`` of one ``bench_step.py --json`` file."""
     try:
         results = json.loads(path.read_text())["results"]
-    except (OSError, ValueError, KeyError) as e:
+        key = mbs if mbs is not None else min(results, key=int)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         sys.exit(f"error: {path}: not a bench_step.py --json result ({e})")
-    key = mbs if mbs is not None else min(results, key=int)
     if key not in results:
         sys.exit(f"error: {path}: no results for micro-batch size {key} (has {', '.join(results)})")
     res = results[key]
