@@ -32,9 +32,12 @@ setup(
             "transformers>=4.45",
             "safetensors",
             "jinja2",
+            "datasets>=2.19",
         ],
         "gpu": ["transformer-engine[pytorch]"],
         "hf": ["transformers>=4.45", "safetensors", "jinja2"],
+        # data.train_path naming a Hugging Face dataset (save_to_disk folder, parquet / arrow / JSONL shards)
+        "datasets": ["datasets>=2.19"],
         "logging": ["tensorboard", "wandb"],
         "slurm": ["hydra-submitit-launcher"],
         "plot": ["matplotlib"],

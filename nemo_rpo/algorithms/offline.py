@@ -129,11 +129,10 @@ def _load_dataset(
         if info.rank == 0:
             write_jsonl(make_synthetic_preferences(512, cfg.k, seed=0), path)
         torch.distributed.barrier()
-    dataset = load_preference_dataset(
-        path, cfg.data, tokenizer, k=k or cfg.k, max_seq_len=cfg.model.max_seq_len
-    )
     info_loss = PRESETS[cfg.loss.name]
-    if info_loss.needs_rewards or cfg.loss.sft_loss_weight > 0 and dataset.has_rewards:
+    dataset = load_preference_dataset(path, cfg.data, tokenizer, k=k or cfg.k, max_seq_len=cfg.model.max_seq_len,
+                                      require_rewards=info_loss.needs_rewards)  # fmt: skip
+    if info_loss.needs_rewards:
         dataset.require_rewards(cfg.loss.name)
     if info_loss.needs_kl_pairs:
         if len(dataset) < 2:

@@ -139,10 +139,10 @@ def _prompts_source(cfg: RPOConfig) -> str:
 
 
 def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]:
-    if cfg.data.prompts_path is not None:
-        prompts = load_prompts(cfg.data.prompts_path, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
-    elif cfg.data.train_path is not None:
-        prompts = load_prompts(cfg.data.train_path, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
+    if cfg.data.prompts_path is not None or cfg.data.train_path is not None:
+        prompts = load_prompts(cfg.data.prompts_path or cfg.data.train_path, tokenizer,
+                               max_prompt_len=cfg.data.max_prompt_len, split=cfg.data.split,
+                               renames=cfg.data.columns.renames())  # fmt: skip
     else:  # the embedded default: the synthetic task's prompts
         texts = [r["prompt"] for r in make_synthetic_preferences(512, 2, seed=0)]
         prompts = prompts_from_texts(texts, tokenizer, max_prompt_len=cfg.data.max_prompt_len)
@@ -179,7 +179,8 @@ def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
     else:
         path = cfg.data.train_path
     k = 2 if cfg.data.train_path is None else cfg.k
-    data = load_preference_dataset(path, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len)
+    data = load_preference_dataset(path, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
+                                   require_rewards=PRESETS["sft"].needs_rewards)  # fmt: skip
     optim = dataclasses.replace(cfg.optim, warmup_steps=0, decay_style="constant", min_lr=cfg.optim.lr)
     optimizer, scheduler = build_optimizer(model, optim, cfg.parallel, steps)
     sampler = GlobalBatchSampler(len(data), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,

@@ -87,7 +87,8 @@ def _load_dataset(cfg: RMTrainConfig, tokenizer, info: ParallelInfo) -> Preferen
         if info.rank == 0:
             write_jsonl(make_synthetic_preferences(512, cfg.k, seed=0), path)
         torch.distributed.barrier()
-    dataset = load_preference_dataset(path, cfg.data, tokenizer, k=cfg.k, max_seq_len=cfg.model.max_seq_len)
+    dataset = load_preference_dataset(path, cfg.data, tokenizer, k=cfg.k, max_seq_len=cfg.model.max_seq_len,
+                                      require_rewards=cfg.objective == "regression")  # fmt: skip
     if cfg.objective == "regression" and not dataset.has_rewards:
         raise DataError(dataset.path, None, "rewards", f"{dataset.format} data has no rewards; "
                         "objective=regression needs them (use bradley_terry, or the native/nemo_aligner format)")  # fmt: skip

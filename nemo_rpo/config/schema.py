@@ -168,9 +168,48 @@ class TokenizerConfig:
         _check(self.type != "hf" or bool(self.path), "data.tokenizer.path", "required when type=hf")
 
 
+# Record fields a column (or JSON key) can be renamed to (data.columns.<field>=<column>).
+RECORD_FIELDS = (
+    "prompt", "responses", "rewards", "chosen", "rejected", "chosen_response", "rejected_response",
+    "chosen_reward", "rejected_reward", "id",
+)  # fmt: skip
+
+
+@dataclass
+class ColumnsConfig:
+    """Where each record field is read from: ``data.columns.prompt=question`` reads the prompt from the
+    column (or JSON key) ``question``. null = the field's own name."""
+
+    prompt: Optional[str] = None
+    responses: Optional[str] = None
+    rewards: Optional[str] = None
+    chosen: Optional[str] = None
+    rejected: Optional[str] = None
+    chosen_response: Optional[str] = None
+    rejected_response: Optional[str] = None
+    chosen_reward: Optional[str] = None
+    rejected_reward: Optional[str] = None
+    id: Optional[str] = None
+
+    def renames(self) -> dict[str, str]:
+        """``{column: field}`` for every field read from a column of another name."""
+        renames: dict[str, str] = {}
+        for name in RECORD_FIELDS:
+            column = getattr(self, name)
+            if column is not None and column != name:
+                _check(column not in renames, f"data.columns.{name}",
+                       f"column {column!r} is already read as {renames.get(column)!r}")  # fmt: skip
+                renames[column] = name
+        return renames
+
+
 @dataclass
 class DataConfig:
-    """Offline preference data. ``train_path=None`` uses the bundled synthetic dataset."""
+    """Offline preference data. ``train_path=None`` uses the bundled synthetic dataset.
+
+    ``train_path`` is a JSONL file, or (through the ``datasets`` library) a Hugging Face dataset: a
+    ``save_to_disk`` folder, a directory of parquet / arrow / JSON Lines shards, one such file, or a glob.
+    """
 
     train_path: Optional[str] = None
     val_path: Optional[str] = None
@@ -182,10 +221,14 @@ class DataConfig:
     truncation: str = "truncate"  # truncate | drop | error : what to do with sequences over model.max_seq_len
     shuffle: bool = True
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    split: str = "train"  # Hugging Face dataset directories with several splits: the one to read
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
 
     def __post_init__(self) -> None:
         _check(self.format in ("auto", "native", "nemo_aligner", "trl"), "data.format",
                "auto, native, nemo_aligner or trl")  # fmt: skip
+        _check(bool(self.split), "data.split", "must not be empty")
+        self.columns.renames()  # checks that no column is read twice
         _check(self.truncation in ("truncate", "drop", "error"), "data.truncation", "truncate, drop or error")
         _check(self.max_prompt_len >= 1, "data.max_prompt_len", "must be >= 1")
 

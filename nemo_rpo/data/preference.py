@@ -1,8 +1,12 @@
 """Offline preference datasets: validated records → token ids, with explicit truncation and stats.
 
 Each example's sequences are ``[bos] + prompt + response + [eos]`` (``bos`` only when the tokenizer
-has one). Prompts and responses are tokenized separately, as NeMo-Aligner and TRL do, so the
-prompt/response boundary is exact. Length limits, in order:
+has one; ``eos`` unless the response's own tokens already end with it, as TRL adds it). Prompts and
+responses are tokenized separately, as NeMo-Aligner and TRL do, so the prompt/response boundary is
+exact. Chat prompts are rendered through the tokenizer's chat template (a plain ``role: content``
+fallback without one); message responses are rendered with the prompt, as TRL does: the response is
+what ``template(prompt + [response])`` adds after the prompt's rendering with the generation prompt
+(their shared beginning, when a template renders the two differently). Length limits, in order:
 
 1. A prompt longer than ``max_prompt_len`` tokens is cut from the left (a leading ``bos`` is kept).
    The cap is at most ``max_seq_len - 1`` so a prompt always leaves room for one response token.
@@ -20,8 +24,8 @@ from dataclasses import dataclass
 
 from nemo_rpo.config.schema import DataConfig
 from nemo_rpo.data.errors import DataError
-from nemo_rpo.data.records import PreferenceRecord, Prompt, read_preference_records
-from nemo_rpo.data.tokenizer import Tokenizer
+from nemo_rpo.data.records import Message, PreferenceRecord, Prompt, Response, read_preference_records
+from nemo_rpo.data.tokenizer import ChatTemplateError, Tokenizer
 
 TRUNCATION_MODES = ("truncate", "drop", "error")
 
@@ -109,7 +113,7 @@ class PreferenceDataset:
 
     @property
     def has_rewards(self) -> bool:
-        """Whether the examples carry explicit rewards (False for the trl format)."""
+        """Whether the examples carry explicit rewards (False for trl, and nemo_aligner without rewards)."""
         return self.examples[0].rewards is not None
 
     def require_rewards(self, loss_name: str) -> None:
@@ -124,27 +128,92 @@ class PreferenceDataset:
                             "(use the native or nemo_aligner format)")  # fmt: skip
 
 
-def render_prompt(prompt: Prompt, tokenizer: Tokenizer) -> str:
-    """Prompt text: a string as is; chat messages through the tokenizer's chat template.
+def render_chat(messages: list[Message], tokenizer: Tokenizer, *, add_generation_prompt: bool = True) -> str:
+    """Chat ``messages`` through the tokenizer's chat template.
 
-    Without a chat template, messages are joined as ``role: content`` lines followed by
-    ``assistant: `` (the plain fallback).
+    Without a chat template, messages are joined as ``role: content`` lines, followed by
+    ``assistant: `` with ``add_generation_prompt`` (the plain fallback).
+
+    Raises:
+        ChatTemplateError: The template refuses these messages.
     """
-    if isinstance(prompt, str):
-        return prompt
-    rendered = tokenizer.apply_chat_template(prompt)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
     if rendered is not None:
         return rendered
-    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + (
+        "assistant: " if add_generation_prompt else ""
+    )
+
+
+def render_prompt(prompt: Prompt, tokenizer: Tokenizer) -> str:
+    """Prompt text: a string as is; chat messages through :func:`render_chat` with the generation prompt."""
+    return prompt if isinstance(prompt, str) else render_chat(prompt, tokenizer)
+
+
+def render_record(
+    prompt: Prompt, responses: Sequence[Response], tokenizer: Tokenizer
+) -> tuple[str, list[str]]:
+    """Prompt text and response texts of one record (the module docstring says how messages render)."""
+    prompt_text = render_prompt(prompt, tokenizer)
+    if isinstance(prompt, str) or not any(isinstance(r, dict) for r in responses):
+        return prompt_text, [r if isinstance(r, str) else r["content"] for r in responses]
+    fulls = [render_chat([*prompt, r], tokenizer, add_generation_prompt=False) for r in responses]  # type: ignore[list-item]
+    for full in fulls:  # the prompt is what every prompt + response rendering starts with
+        prompt_text = prompt_text[: _shared_length(prompt_text, full)]
+    return prompt_text, [full[len(prompt_text) :] for full in fulls]
+
+
+def unknown_role(messages: list[Message], tokenizer: Tokenizer) -> int | None:
+    """Index of the first message whose role the tokenizer's chat rendering does not know, or None."""
+    return next((i for i, m in enumerate(messages) if m["role"] not in tokenizer.chat_roles), None)
+
+
+def role_problem(role: str, tokenizer: Tokenizer) -> str:
+    """The error text for a message of unknown ``role``."""
+    return f"{role!r} is not a role the chat template knows ({', '.join(sorted(tokenizer.chat_roles))})"
 
 
 def encode_prompt(prompt: Prompt, tokenizer: Tokenizer) -> list[int]:
     """Prompt tokens with ``bos`` in front (once: chat templates often write it themselves)."""
-    ids = tokenizer.encode(render_prompt(prompt, tokenizer))
+    return _with_bos(tokenizer.encode(render_prompt(prompt, tokenizer)), tokenizer)
+
+
+def encode_record(
+    rec: PreferenceRecord, tokenizer: Tokenizer, *, path: str
+) -> tuple[list[int], list[list[int]]]:
+    """Prompt tokens (``bos`` first) and response tokens (``eos`` last) of one record, before length limits.
+
+    Raises:
+        DataError: A message role the chat template does not know, or the template refuses the messages.
+    """
+    if isinstance(rec.prompt, list):
+        i = unknown_role(rec.prompt, tokenizer)
+        if i is not None:
+            raise rec.error(
+                path, f"{rec.prompt_field}[{i}].role", role_problem(rec.prompt[i]["role"], tokenizer)
+            )
+    try:
+        prompt_text, response_texts = render_record(rec.prompt, rec.responses, tokenizer)
+    except ChatTemplateError as err:
+        raise rec.error(path, rec.prompt_field, f"the chat template refuses these messages: {err}") from err
+    prompt_ids = _with_bos(tokenizer.encode(prompt_text), tokenizer)
+    response_ids = []
+    for text in response_texts:
+        ids = tokenizer.encode(text)
+        response_ids.append(ids if ids[-1:] == [tokenizer.eos_id] else [*ids, tokenizer.eos_id])
+    return prompt_ids, response_ids
+
+
+def _with_bos(ids: list[int], tokenizer: Tokenizer) -> list[int]:
     bos = tokenizer.bos_id
-    if bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]
-    return ids
+    return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+
+def _shared_length(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def tokenize_records(
@@ -180,16 +249,15 @@ def tokenize_records(
     stats = DatasetStats(num_records=len(records))
     examples: list[PreferenceExample] = []
     for rec in records:
-        prompt_ids = encode_prompt(rec.prompt, tokenizer)
+        prompt_ids, responses = encode_record(rec, tokenizer, path=path)
         if not prompt_ids:  # without bos the first label would have no input to predict it from
-            raise DataError(path, rec.line, "prompt", "encodes to no tokens")
+            raise rec.error(path, "prompt", "encodes to no tokens")
         prompt_ids, prompt_cut = _cut_prompt(prompt_ids, prompt_cap, tokenizer.bos_id)
         room = max_seq_len - len(prompt_ids)
-        responses = [tokenizer.encode(text) + [tokenizer.eos_id] for text in rec.responses]
         too_long = [i for i, ids in enumerate(responses) if len(ids) > room]
         if too_long and truncation == "error":
             i = too_long[0]
-            raise DataError(path, rec.line, rec.response_fields[i],
+            raise rec.error(path, rec.response_fields[i],
                             f"prompt + response is {len(prompt_ids) + len(responses[i])} tokens, over "
                             f"model.max_seq_len={max_seq_len} (data.truncation=error)")  # fmt: skip
         if too_long and truncation == "drop":
@@ -208,21 +276,30 @@ def tokenize_records(
 
 
 def load_preference_dataset(
-    path: str | os.PathLike[str], cfg: DataConfig, tokenizer: Tokenizer, *, k: int, max_seq_len: int
+    path: str | os.PathLike[str],
+    cfg: DataConfig,
+    tokenizer: Tokenizer,
+    *,
+    k: int,
+    max_seq_len: int,
+    require_rewards: bool = True,
 ) -> PreferenceDataset:
-    """Read, validate and tokenize a preference JSONL file.
+    """Read, validate and tokenize a preference JSONL file or Hugging Face dataset.
 
     Args:
-        path: The file (``cfg.train_path``, ``cfg.val_path`` or :func:`default_train_path`).
-        cfg: ``format``, ``max_prompt_len`` and ``truncation`` are used.
+        path: The file or dataset (``cfg.train_path``, ``cfg.val_path`` or :func:`default_train_path`).
+        cfg: ``format``, ``split``, ``columns``, ``max_prompt_len`` and ``truncation`` are used.
         tokenizer: The tokenizer.
         k: Responses per prompt.
         max_seq_len: ``model.max_seq_len``.
+        require_rewards: Whether the caller reads rewards (the loss's ``PresetInfo.needs_rewards``);
+            when False, nemo_aligner data may come without them.
 
     Raises:
-        DataError: Naming file, line and field of the first problem.
+        DataError: Naming file, line (or row) and field of the first problem.
     """
-    records, fmt = read_preference_records(path, k=k, fmt=cfg.format)
+    records, fmt = read_preference_records(path, k=k, fmt=cfg.format, require_rewards=require_rewards,
+                                           split=cfg.split, renames=cfg.columns.renames())  # fmt: skip
     examples, stats = tokenize_records(records, tokenizer, max_prompt_len=cfg.max_prompt_len,
                                        max_seq_len=max_seq_len, truncation=cfg.truncation, path=str(path))  # fmt: skip
     return PreferenceDataset(str(path), fmt, examples, stats)

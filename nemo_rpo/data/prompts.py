@@ -1,20 +1,21 @@
 """Prompt sets for online and iterative training: the prompts alone, tokenized and validated.
 
-Any JSONL whose records have a ``prompt`` field works (our preference formats included), so the same
-file can feed offline and online runs. The embedded default is the synthetic task's prompts.
+Any JSONL file or Hugging Face dataset whose records have a ``prompt`` field works (our preference
+formats with an explicit prompt included), so the same data can feed offline and online runs. The
+embedded default is the synthetic task's prompts.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nemo_rpo.data.errors import DataError
-from nemo_rpo.data.jsonl import read_jsonl
-from nemo_rpo.data.preference import encode_prompt, render_prompt
+from nemo_rpo.data.preference import encode_prompt, render_prompt, role_problem, unknown_role
 from nemo_rpo.data.records import _Fields
-from nemo_rpo.data.tokenizer import Tokenizer
+from nemo_rpo.data.sources import open_source
+from nemo_rpo.data.tokenizer import ChatTemplateError, Tokenizer
 
 __all__ = ["Prompt", "load_prompts", "prompts_from_texts"]
 
@@ -37,15 +38,39 @@ def _encode(text_or_messages, tokenizer: Tokenizer, max_prompt_len: int) -> tupl
     return Prompt(text, ids), cut
 
 
-def load_prompts(path: str | os.PathLike[str], tokenizer: Tokenizer, *, max_prompt_len: int) -> list[Prompt]:
+def load_prompts(
+    path: str | os.PathLike[str],
+    tokenizer: Tokenizer,
+    *,
+    max_prompt_len: int,
+    split: str = "train",
+    renames: Mapping[str, str] | None = None,
+) -> list[Prompt]:
     """Every record's ``prompt`` (a string or chat messages), rendered and tokenized.
+
+    Args:
+        path: A JSONL file or Hugging Face dataset (:mod:`nemo_rpo.data.sources`).
+        tokenizer: The tokenizer.
+        max_prompt_len: Longer prompts keep their end (and ``bos``).
+        split: The split of a Hugging Face dataset directory.
+        renames: ``{column: field}`` (``data.columns``).
 
     Raises:
         DataError: a bad line or field (file:line: field: problem), or an empty file.
     """
     prompts = []
-    for line, record in read_jsonl(path):
-        prompt, _ = _encode(_Fields(record, str(path), line).prompt(), tokenizer, max_prompt_len)
+    source = open_source(path, split=split, renames=renames)
+    for line, record in source:
+        fields = _Fields(record, source.path, line, source.unit)
+        text_or_messages = fields.prompt()
+        if isinstance(text_or_messages, list):
+            i = unknown_role(text_or_messages, tokenizer)
+            if i is not None:
+                raise fields.error(f"prompt[{i}].role", role_problem(text_or_messages[i]["role"], tokenizer))
+        try:
+            prompt, _ = _encode(text_or_messages, tokenizer, max_prompt_len)
+        except ChatTemplateError as err:
+            raise fields.error("prompt", f"the chat template refuses these messages: {err}") from err
         prompts.append(prompt)
     if not prompts:
         raise DataError(str(path), None, "file", "empty prompt set (no records)")

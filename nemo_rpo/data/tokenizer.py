@@ -2,15 +2,30 @@
 
 ``encode`` never adds special tokens; the dataset adds ``bos`` (when the tokenizer has one) before
 the prompt and ``eos`` after each response, so both implementations produce the same layout.
+
+Chat messages may only use roles the rendering knows (``chat_roles``): ``system``, ``user``,
+``assistant`` and ``tool``, plus, for a Hugging Face chat template, every role the template compares
+``role`` with (Llama 3.1's ``ipython``). Anything else (a typo such as ``wizard``) is a data error,
+not a turn the template renders blindly or drops.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Protocol, runtime_checkable
 
 from nemo_rpo.config.schema import TokenizerConfig
 from nemo_rpo.data.errors import DataError
+
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+# `role == 'x'`, `role'] != "x"`, `role in ['x', "y"]`: the roles a Jinja chat template tests for.
+_ROLE_TEST = re.compile(r"""role['"\]]*\s*(?:==|!=)\s*['"]([\w-]+)['"]""")
+_ROLE_IN = re.compile(r"""role['"\]]*\s+in\s+[\[(]([^\])]*)[\])]""")
+
+
+class ChatTemplateError(ValueError):
+    """A chat template refused to render a list of messages (its own ``raise_exception``, or a Jinja error)."""
 
 
 @runtime_checkable
@@ -21,6 +36,7 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
     bos_id: int | None
+    chat_roles: frozenset[str]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens."""
@@ -30,10 +46,15 @@ class Tokenizer(Protocol):
         """Text of ``ids``; special tokens are skipped."""
         ...
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
-        """Prompt text for chat ``messages`` ending where the assistant's reply starts.
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str | None:
+        """Text of chat ``messages``; with ``add_generation_prompt`` it ends where the assistant's reply starts.
 
         Returns None when the tokenizer has no chat template.
+
+        Raises:
+            ChatTemplateError: The template refuses these messages.
         """
         ...
 
@@ -49,6 +70,7 @@ class ByteTokenizer:
     bos_id = 257
     eos_id = 258
     vocab_size = 259
+    chat_roles = CHAT_ROLES
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text``."""
@@ -58,10 +80,12 @@ class ByteTokenizer:
         """Text of the byte ids in ``ids`` (special ids skipped, broken UTF-8 replaced)."""
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
-        """``<|role|>\\n{content}\\n`` per message, then ``<|assistant|>\\n``."""
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str | None:
+        """``<|role|>\\n{content}\\n`` per message, then ``<|assistant|>\\n`` (``add_generation_prompt``)."""
         turns = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
-        return turns + "<|assistant|>\n"
+        return turns + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
 class HFTokenizer:
@@ -103,6 +127,9 @@ class HFTokenizer:
         adds_bos = bos is not None and self._tok.encode("a", add_special_tokens=True)[:1] == [bos]
         self.bos_id: int | None = bos if adds_bos else None
         self.vocab_size: int = len(self._tok)
+        self.chat_roles: frozenset[str] = CHAT_ROLES | template_roles(
+            getattr(self._tok, "chat_template", None)
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens added (tokens spelled in the text are kept)."""
@@ -112,12 +139,32 @@ class HFTokenizer:
         """Text of ``ids`` with special tokens skipped."""
         return self._tok.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
-        """The tokenizer's chat template with ``add_generation_prompt=True``, or None if it has none."""
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str | None:
+        """The tokenizer's chat template, or None if it has none."""
         if not getattr(self._tok, "chat_template", None):
             return None
-        text: Any = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text: Any = self._tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as err:  # Jinja templates raise what they like (raise_exception, TemplateError, ...)
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ChatTemplateError(first) from err
         return str(text)
+
+
+def template_roles(template: str | dict | None) -> frozenset[str]:
+    """The roles a Jinja chat template tests ``role`` against (several named templates: all of them)."""
+    if isinstance(template, dict):
+        template = "\n".join(str(t) for t in template.values())
+    if not template:
+        return frozenset()
+    roles = set(_ROLE_TEST.findall(template))
+    for group in _ROLE_IN.findall(template):
+        roles.update(re.findall(r"""['"]([\w-]+)['"]""", group))
+    return frozenset(roles)
 
 
 def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:

@@ -117,7 +117,8 @@ def sft_nll(*, policy_logps: torch.Tensor, rewards: torch.Tensor | None) -> torc
 class PresetInfo:
     """What the training layer must feed a named loss."""
 
-    needs_rewards: bool  # reads explicit rewards r*
+    # Reads explicit rewards r*. The data layer follows it: losses without it accept data without rewards.
+    needs_rewards: bool
     uses_reference: bool  # needs reference log-probs
     length_normalized: bool  # policy log-probs averaged over response tokens
     pairwise: bool  # K must be 2

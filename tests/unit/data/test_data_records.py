@@ -64,7 +64,7 @@ def test_trl_has_no_rewards_and_accepts_conversational_responses(tmp_path):
     records, fmt = read_preference_records(write(tmp_path, [TRL, conv]), k=2)
     assert fmt == "trl"
     assert records[0].rewards is None and records[0].responses == ["c", "r"]
-    assert records[1].responses == ["hello", "go away"]
+    assert records[1].responses == [{"role": "assistant", "content": c} for c in ("hello", "go away")]
     assert records[1].prompt == [{"role": "user", "content": "hi"}]
 
 

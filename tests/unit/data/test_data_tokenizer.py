@@ -33,7 +33,7 @@ def test_encode_prompt_adds_bos_once():
 
 
 class _NoTemplate(ByteTokenizer):
-    def apply_chat_template(self, messages):
+    def apply_chat_template(self, messages, *, add_generation_prompt=True):
         return None
 
 
