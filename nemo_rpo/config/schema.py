@@ -48,6 +48,9 @@ class LossConfig:
     # kto: weights of desirable / undesirable examples.
     kto_desirable_weight: float = 1.0
     kto_undesirable_weight: float = 1.0
+    # Per-token mean instead of summed response log-probs, for policy and reference alike (NeMo-Aligner's
+    # preference_average_log_probs; loss=dpo with it is TRL's sigmoid_norm). simpo and sft always average.
+    average_log_probs: bool = False
 
     def __post_init__(self) -> None:
         from_aliases = {"rpo_bwd_kl": "rpo_bwd", "rpo_fwd_kl": "rpo_fwd"}

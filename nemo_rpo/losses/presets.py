@@ -57,7 +57,11 @@ def ipo(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> 
 def distill_dpo(
     *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
 ) -> torch.Tensor:
-    """Distill-DPO = 2 * sq on the explicit rewards (Table 1): ``(beta delta - eta (r1 - r2))^2``."""
+    """Distill-DPO = 2 * sq on the explicit rewards (Table 1): ``(beta delta - eta (r1 - r2))^2``.
+
+    This is NeMo-Aligner's ``rpo_sq`` (with ``eta`` = its ``gt_reward_scale``); our ``rpo_sq`` is the
+    paper's ``1/2 (...)^2``, half of it.
+    """
     return 2.0 * rpo_loss(
         policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, metric="sq", beta=beta, eta=eta
     )

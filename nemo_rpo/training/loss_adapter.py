@@ -31,12 +31,14 @@ def num_real_tokens(loss_mask: torch.Tensor) -> torch.Tensor:
     return (last + 1).clamp(max=width).sum().float()
 
 
-def _seq_logps(token_logps: torch.Tensor, mask: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum, mean) response log-prob per sequence, each reshaped to ``[rows, R]``."""
+def _seq_logps(
+    token_logps: torch.Tensor, mask: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum, mean, number of response tokens) per sequence, each reshaped to ``[rows, R]``."""
     mask = mask.to(token_logps.dtype)
     total = (token_logps * mask).sum(dim=-1)
-    mean = total / mask.sum(dim=-1).clamp(min=1.0)
-    return total.view(rows, -1), mean.view(rows, -1)
+    counts = mask.sum(dim=-1).clamp(min=1.0)
+    return total.view(rows, -1), (total / counts).view(rows, -1), counts.view(rows, -1)
 
 
 def preference_losses(
@@ -47,14 +49,18 @@ def preference_losses(
     Args:
         token_logps: ``[B*R, T]`` log p(label) per position (fp32).
         batch: the micro-batch; ``R = K`` responses per prompt (+1 mismatched pair for KTO).
-        ref_logps: ``[B, R]`` cached reference sequence log-probs, or None when the loss needs none.
-        loss: which loss and its hyper-parameters.
+        ref_logps: ``[B, R]`` cached reference sequence log-probs (summed), or None when the loss needs none.
+        loss: which loss and its hyper-parameters; ``average_log_probs`` turns policy and reference
+            log-probs into per-token means over the same response tokens (NeMo-Aligner's
+            ``preference_average_log_probs``: the mean of ``log pi - log pi_ref``).
     """
     info = PRESETS[loss.name]
     k = batch.num_responses
     num_prompts = batch.index.numel()
-    seq_sum, seq_mean = _seq_logps(token_logps, batch.loss_mask, num_prompts)
-    seq = seq_mean if info.length_normalized else seq_sum
+    seq_sum, seq_mean, num_tokens = _seq_logps(token_logps, batch.loss_mask, num_prompts)
+    seq = seq_mean if info.length_normalized or loss.average_log_probs else seq_sum
+    if ref_logps is not None and loss.average_log_probs:
+        ref_logps = ref_logps / num_tokens.to(ref_logps.dtype)
     policy = seq[:, :k]
     ref = ref_logps[:, :k] if ref_logps is not None else torch.zeros_like(policy)
     kl_policy = seq[:, k] if info.needs_kl_pairs else None

@@ -77,3 +77,24 @@ def test_reward_aware_loss_on_rows_without_rewards_is_one_line(tmp_path, capsys)
     assert err.strip().splitlines() == [
         f"error: {data}:1: chosen_reward: missing (rewards are never defaulted)"
     ]
+
+
+def test_average_log_probs_reaches_the_loss(tmp_path, capsys):
+    """Same data and seed: step 1 is log 2 both ways (policy = reference), then the updates differ."""
+    data = FIXTURES / "trl_explicit.jsonl"
+    losses = {}
+    for average in ("false", "true"):
+        exp = tmp_path / average
+        argv = [
+            "loss=dpo",
+            f"loss.average_log_probs={average}",
+            f"data.train_path={data}",
+            f"exp_dir={exp}",
+            *SMALL,
+        ]
+        assert _main(capsys, *argv)[0] == 0
+        losses[average] = [
+            json.loads(line)["loss"] for line in (exp / "metrics.jsonl").read_text().splitlines()
+        ]
+    assert losses["false"][0] == pytest.approx(math.log(2), abs=1e-4) == losses["true"][0]
+    assert losses["false"][2] != pytest.approx(losses["true"][2], abs=1e-6)
