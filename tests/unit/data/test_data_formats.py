@@ -14,6 +14,7 @@ import pytest
 from nemo_rpo.config.schema import DataConfig
 from nemo_rpo.data import ByteTokenizer, DataError, load_preference_dataset, read_preference_records
 from nemo_rpo.data.preference import tokenize_records
+from nemo_rpo.data.prompts import load_prompts
 from nemo_rpo.data.records import PreferenceRecord, implicit_prompt_length
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "formats"
@@ -183,3 +184,12 @@ def test_implicit_prompt_file_decides_at_its_first_record(tmp_path):
         load(path)
     assert str(err.value) == (f"{path}:2: prompt: present, but the first record has none (its prompt is implicit); "
                               "give every record a prompt or none")  # fmt: skip
+
+
+def test_online_prompt_sets_check_roles_too(tmp_path):
+    path = write(tmp_path, [{"prompt": [user("q")]}, {"prompt": [{"role": "wizard", "content": "q"}]}])
+    with pytest.raises(DataError) as err:
+        load_prompts(path, ByteTokenizer(), max_prompt_len=64)
+    assert str(err.value) == (
+        f"{path}:2: prompt[0].role: 'wizard' is not a role the chat template knows (assistant, system, tool, user)"
+    )

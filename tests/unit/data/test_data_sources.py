@@ -15,6 +15,7 @@ datasets = pytest.importorskip("datasets")
 from nemo_rpo.config.schema import ColumnsConfig, ConfigError, DataConfig  # noqa: E402
 from nemo_rpo.config.store import load_config  # noqa: E402
 from nemo_rpo.data import ByteTokenizer, DataError, load_preference_dataset  # noqa: E402
+from nemo_rpo.data.prompts import load_prompts  # noqa: E402
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "formats"
 
@@ -135,3 +136,10 @@ def test_split_and_columns_from_the_command_line():
     )
     with pytest.raises(ConfigError, match="data.columns.chosen: column 'x' is already read as 'prompt'"):
         DataConfig(columns=ColumnsConfig(prompt="x", chosen="x"))
+
+
+def test_online_prompt_set_from_a_dataset(tmp_path):
+    renamed = [{"question": r["prompt"]} for r in rows_of("trl_explicit.jsonl")]
+    path = hub_parquet_dir(tmp_path / "ds", renamed)
+    prompts = load_prompts(path, ByteTokenizer(), max_prompt_len=64, renames={"question": "prompt"})
+    assert [p.text for p in prompts] == [r["question"] for r in renamed]
