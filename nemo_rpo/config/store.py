@@ -28,10 +28,34 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RPOConfig)
 
 
+def reject_unknown_keys(cfg, prefix: str = "") -> None:
+    """Raise for a key the schema does not have; ``+key=value`` adds such keys, which conversion drops.
+
+    Raises:
+        ConfigError: ``foo: unknown key, RPOConfig has no 'foo' ...``, naming the first one found.
+    """
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return  # a plain dict node (none in our schemas) takes any key
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key in cfg.keys():
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key, {schema.__name__} has no {key!r} "
+                              "('+' cannot add keys the schema lacks)")  # fmt: skip
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            reject_unknown_keys(child, f"{prefix}{key}.")
+
+
 def to_typed(cfg) -> RPOConfig:
     """DictConfig → RPOConfig, running every ``__post_init__`` check."""
     from omegaconf import OmegaConf
 
+    reject_unknown_keys(cfg)
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, RPOConfig):
         raise ConfigError(f"config: expected an RPOConfig, got {type(obj).__name__}")
@@ -55,7 +79,9 @@ def load_typed_config(overrides: list[str], config_name: str, schema_name: str, 
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=schema_name, node=schema)
-    obj = OmegaConf.to_object(compose_config(overrides, config_name))
+    cfg = compose_config(overrides, config_name)
+    reject_unknown_keys(cfg)
+    obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, schema):
         raise ConfigError(f"config: expected a {schema.__name__}, got {type(obj).__name__}")
     return obj
@@ -77,6 +103,9 @@ def describe_error(exc: BaseException) -> str:
         return f"config: {key + ': ' if key else ''}{msg}"
     # Hydra's errors carry several lines; the first says what, the cause (if any) says why.
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    options = getattr(exc, "options", None)  # MissingConfigException: a config group's choices
+    if options:
+        return f"config: {first.rstrip('.')}; choose one of {', '.join(options)}"
     cause = exc.__cause__
     why = next((line.strip() for line in str(cause).splitlines() if line.strip()), "") if cause else ""
     return f"config: {first.rstrip('.')}" + (f": {why}" if why and why not in first else "")

@@ -111,6 +111,25 @@ def test_cli_unknown_key_names_the_key():
     )
 
 
+@pytest.mark.parametrize("override", ["+foo=1", "+trainer.foo=1", "++loss.foo=1"])
+def test_added_keys_the_schema_lacks_are_errors(override):
+    """Hydra lets '+' add a key to a structured config; conversion would drop it without a word."""
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError, match=f"^{key}: unknown key, "):
+        load_config([override])
+
+
+@pytest.mark.parametrize("group", ["loss", "model", "experiment"])
+def test_a_missing_group_choice_lists_the_choices(group):
+    from nemo_rpo.config.store import compose_config, describe_error
+
+    with pytest.raises(Exception) as err:
+        compose_config([f"{group}=nope"])
+    assert describe_error(err.value) == (
+        f"config: In 'train': Could not find '{group}/nope'; choose one of {', '.join(GROUPS[group])}"
+    )
+
+
 def test_schema_checks_are_config_errors():
     with pytest.raises(ConfigError):
         RPOConfig(k=0)
