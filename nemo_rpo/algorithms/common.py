@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +15,20 @@ from megatron.core.utils import unwrap_model
 
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate, packed_length, round_up
+from nemo_rpo.data.errors import DataError
+from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.preference import PreferenceExample
 from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_state
-from nemo_rpo.training.checkpoint import checkpoint_layout, find_latest_checkpoint, load_checkpoint
+from nemo_rpo.training.checkpoint import (
+    checkpoint_layout,
+    checkpoint_scheduler_state,
+    checkpoint_step,
+    find_latest_checkpoint,
+    load_checkpoint,
+)  # fmt: skip
+from nemo_rpo.training.optimizer import schedule_change
 from nemo_rpo.training.step import NonFiniteStepsError, StepResult
 
 
@@ -140,6 +151,66 @@ def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo, optimizer=None)
         optimizer.reload_model_params()
     if info.rank == 0:
         print(f"initialised weights from {loaded}", flush=True)
+
+
+def check_resume(cfg, info: ParallelInfo) -> bool:
+    """Check ``exp_dir``'s latest checkpoint against this config, before anything is built or written.
+
+    ``cfg`` is any run config with ``exp_dir``, ``checkpoint``, ``trainer`` and ``optim``.
+
+    Returns:
+        True when the run is complete (its checkpoint is at ``trainer.max_steps``): rank 0 says so in one
+        line and the caller returns without building the model.
+
+    Raises:
+        DataError: the checkpoint is past ``trainer.max_steps``; or the steps left would run on another
+            learning-rate schedule than the checkpoint's (e.g. a larger ``trainer.max_steps`` recomputes
+            the decay) and ``checkpoint.resume_schedule`` is ``match``: one line naming both overrides.
+    """
+    path = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
+    if path is None:
+        return False
+    step, max_steps = checkpoint_step(path), cfg.trainer.max_steps
+    if step == max_steps:
+        if info.rank == 0:
+            print(f"run complete: {path} is at trainer.max_steps={max_steps}; nothing to do (a larger "
+                  "trainer.max_steps trains on, checkpoint.resume=false starts over)", flush=True)  # fmt: skip
+        return True
+    if step > max_steps:
+        raise DataError(str(path), None, "step", f"the checkpoint is at step {step}, past trainer.max_steps="
+                        f"{max_steps}; set trainer.max_steps={step} or more, or checkpoint.resume=false to start over")  # fmt: skip
+    saved = checkpoint_scheduler_state(path)
+    change = None if saved is None else schedule_change(saved, cfg.optim, max_steps, step)
+    if change is None:
+        return False
+    mode = cfg.checkpoint.resume_schedule
+    if mode == "match":
+        raise DataError(str(path), None, "schedule", f"this config's learning-rate schedule differs from the "
+                        f"checkpoint's for the steps left ({change}); set checkpoint.resume_schedule=checkpoint "
+                        "to keep the checkpoint's, or checkpoint.resume_schedule=config to use this config's")  # fmt: skip
+    if info.rank == 0:
+        kept = "kept from the checkpoint" if mode == "checkpoint" else "recomputed for this config"
+        print(
+            f"resume: learning-rate schedule {kept} (checkpoint.resume_schedule={mode}; {change})", flush=True
+        )
+    return False
+
+
+@contextlib.contextmanager
+def staged_jsonl(records: Sequence[dict], path: str | Path) -> Iterator[str]:
+    """A temporary JSONL copy of ``records`` to read as the file ``path``, which is not written yet.
+
+    Embedded data is written to ``exp_dir`` with the resolved config, once a run's checks have passed, so
+    that a run failing on bad input leaves nothing behind; errors about the copy name ``path``.
+    """
+    with tempfile.TemporaryDirectory(prefix="nemo_rpo_") as tmp:
+        staged = str(write_jsonl(records, Path(tmp) / Path(path).name))
+        try:
+            yield staged
+        except DataError as err:
+            if err.path == staged:
+                err.path = str(path)
+            raise
 
 
 def maybe_resume(cfg, model, optimizer, scheduler, info: ParallelInfo) -> dict:

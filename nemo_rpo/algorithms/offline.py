@@ -15,6 +15,7 @@ per prompt from the current policy, scored by the reward model (``schedule.pairs
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from megatron.core import parallel_state
 from nemo_rpo.algorithms.common import (
     Iteration,
     RunSummary,
+    check_resume,
     count_skipped,
     emit,
     init_weights_from,
@@ -33,6 +35,7 @@ from nemo_rpo.algorithms.common import (
     microbatches,
     progress_bar,
     should_save,
+    staged_jsonl,
     table_lookup,
 )  # fmt: skip
 from nemo_rpo.algorithms.rollout import rollout
@@ -59,7 +62,8 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     started = time.perf_counter()
     configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
-    save_resolved_config(cfg, info)
+    if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
+        return RunSummary(0, None, None, time.perf_counter() - started)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     dataset = _load_dataset(cfg, tokenizer, info, cfg.data.train_path)
     _sampler(cfg, dataset, info, 0)  # a dataset smaller than one global batch fails before any write
@@ -70,6 +74,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
     start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
     ref_logps = _reference_logps(cfg, model, dataset, tokenizer.pad_id, info, cfg.exp_dir, resumed=start > 0)
+    _save_run_files(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     progress = progress_bar(cfg, info, start)
@@ -118,20 +123,24 @@ def _sampler(
     cfg: RPOConfig, dataset: PreferenceDataset, info: ParallelInfo, iteration: int
 ) -> GlobalBatchSampler:
     return GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                              seed=cfg.trainer.seed + iteration, shuffle=cfg.data.shuffle, source=dataset.path)  # fmt: skip
+                              seed=cfg.trainer.seed + iteration, shuffle=cfg.data.shuffle, source=dataset.path,
+                              micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
 
 
 def _load_dataset(
     cfg: RPOConfig, tokenizer, info: ParallelInfo, path: str | None, k: int | None = None
 ) -> PreferenceDataset:
-    if path is None:  # the embedded default: synthetic preferences with the configured K
-        path = f"{cfg.exp_dir}/data/synthetic_k{cfg.k}.jsonl"
-        if info.rank == 0:
-            write_jsonl(make_synthetic_preferences(512, cfg.k, seed=0), path)
-        torch.distributed.barrier()
+    stack = contextlib.ExitStack()
+    source = path
+    if path is None:  # the embedded default: synthetic preferences with the configured K, read from a
+        path = _embedded_path(cfg)  # staged copy until _save_run_files writes them to exp_dir
+        source = stack.enter_context(staged_jsonl(_embedded_records(cfg), path))
     info_loss = PRESETS[cfg.loss.name]
-    dataset = load_preference_dataset(path, cfg.data, tokenizer, k=k or cfg.k, max_seq_len=cfg.model.max_seq_len,
-                                      require_rewards=info_loss.needs_rewards)  # fmt: skip
+    with stack:
+        dataset = load_preference_dataset(source, cfg.data, tokenizer, k=k or cfg.k,
+                                          max_seq_len=cfg.model.max_seq_len,
+                                          require_rewards=info_loss.needs_rewards)  # fmt: skip
+    dataset.path = str(path)
     if info_loss.needs_rewards:
         dataset.require_rewards(cfg.loss.name)
     if info_loss.needs_kl_pairs:
@@ -143,6 +152,21 @@ def _load_dataset(
     if info.rank == 0:
         print(f"data: {dataset.path} ({dataset.format}): {dataset.stats.summary()}")
     return dataset
+
+
+def _embedded_path(cfg: RPOConfig) -> Path:
+    return Path(cfg.exp_dir) / "data" / f"synthetic_k{cfg.k}.jsonl"
+
+
+def _embedded_records(cfg: RPOConfig) -> list[dict]:
+    return make_synthetic_preferences(512, cfg.k, seed=0)
+
+
+def _save_run_files(cfg: RPOConfig, info: ParallelInfo) -> None:
+    """Rank 0 writes ``config.yaml`` and the embedded data (when used) to ``exp_dir``, once checks passed."""
+    save_resolved_config(cfg, info)
+    if info.rank == 0 and cfg.data.train_path is None:
+        write_jsonl(_embedded_records(cfg), _embedded_path(cfg))
 
 
 def _reference_logps(

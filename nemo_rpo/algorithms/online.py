@@ -11,6 +11,7 @@ Launch: ``nemo-rpo-train mode=online`` (the embedded default: the synthetic stri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from megatron.core import parallel_state
 
 from nemo_rpo.algorithms.common import (
     RunSummary,
+    check_resume,
     count_skipped,
     emit,
     init_weights_from,
@@ -29,11 +31,13 @@ from nemo_rpo.algorithms.common import (
     microbatches,
     progress_bar,
     should_save,
+    staged_jsonl,
     table_lookup,
 )  # fmt: skip
 from nemo_rpo.algorithms.rollout import rollout
 from nemo_rpo.config.schema import RPOConfig
 from nemo_rpo.data.batch import round_up
+from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.preference import load_preference_dataset
 from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
@@ -59,19 +63,21 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     started = time.perf_counter()
     configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
-    save_resolved_config(cfg, info)
+    if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
+        return RunSummary(0, None, None, time.perf_counter() - started)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     prompts = _load_prompts(cfg, tokenizer, info)
     sampler = GlobalBatchSampler(len(prompts), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle,
-                                 source=_prompts_source(cfg))  # fmt: skip
+                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=_prompts_source(cfg),
+                                 micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
+    reward_model = build_reward_model(cfg.reward)  # before the warm-up: a bad reward config fails at once
     model = build_policy_model(cfg, tokenizer.vocab_size)
     init_weights_from(cfg, model, info)  # the SFT policy
-    _sft_warmup(cfg, model, tokenizer, info)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    sft_data = _sft_warmup(cfg, model, tokenizer, info)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
+                                           keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
     reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
                                 device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
-    reward_model = build_reward_model(cfg.reward)
     generator = MegatronGenerator(model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                   vocab_size=tokenizer.vocab_size)  # fmt: skip
     plan = iteration_plan(cfg)
@@ -81,6 +87,9 @@ def train_online(cfg: RPOConfig) -> RunSummary:
     ref_root = Path(cfg.exp_dir) / "reference"
     if start > iteration_at(plan, min(start, cfg.trainer.max_steps - 1)).start:
         reference.load(ref_root)  # resumed mid-iteration: that iteration's reference
+    save_resolved_config(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
+    if sft_data is not None and info.rank == 0:
+        write_jsonl(_sft_records(), sft_data)
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     progress = progress_bar(cfg, info, start)
@@ -160,31 +169,37 @@ def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]
     return prompts
 
 
-def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
-    """SFT on the embedded task's correct answers, so online RPO starts from an SFT policy as in §4."""
+def _sft_records() -> list[dict]:
+    return make_synthetic_preferences(512, 2, seed=1)
+
+
+def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> Path | None:
+    """SFT on the embedded task's correct answers, so online RPO starts from an SFT policy as in §4.
+
+    Returns:
+        Where the embedded SFT data it trained on belongs (the caller writes it with the config), or None.
+    """
     embedded = (
         cfg.data.prompts_path is None and cfg.data.train_path is None and cfg.checkpoint.init_from is None
     )
     steps = cfg.online.sft_warmup_steps
     steps = (EMBEDDED_SFT_WARMUP if embedded else 0) if steps is None else steps
     if steps == 0 or (cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None):
-        return  # nothing to do, or the warm-up is already in the checkpoint we resume from
-    if cfg.data.train_path is None:
-        path = Path(cfg.exp_dir) / "data" / "synthetic_sft.jsonl"
-        if info.rank == 0:
-            from nemo_rpo.data.jsonl import write_jsonl
-
-            write_jsonl(make_synthetic_preferences(512, 2, seed=1), path)
-        torch.distributed.barrier()
-    else:
-        path = cfg.data.train_path
+        return None  # nothing to do, or the warm-up is already in the checkpoint we resume from
+    stack, embedded_path = contextlib.ExitStack(), None
+    path = source = cfg.data.train_path
+    if path is None:  # read from a staged copy; written to exp_dir with the config
+        path = embedded_path = Path(cfg.exp_dir) / "data" / "synthetic_sft.jsonl"
+        source = stack.enter_context(staged_jsonl(_sft_records(), path))
     k = 2 if cfg.data.train_path is None else cfg.k
-    data = load_preference_dataset(path, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
-                                   require_rewards=PRESETS["sft"].needs_rewards)  # fmt: skip
+    with stack:
+        data = load_preference_dataset(source, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
+                                       require_rewards=PRESETS["sft"].needs_rewards)  # fmt: skip
     optim = dataclasses.replace(cfg.optim, warmup_steps=0, decay_style="constant", min_lr=cfg.optim.lr)
     optimizer, scheduler = build_optimizer(model, optim, cfg.parallel, steps)
     sampler = GlobalBatchSampler(len(data), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                 seed=cfg.trainer.seed + 1, shuffle=True, source=str(path))  # fmt: skip
+                                 seed=cfg.trainer.seed + 1, shuffle=True, source=str(path),
+                                 micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
     sft = dataclasses.replace(cfg.loss, name="sft", sft_loss_weight=0.0)
     losses = []
     for step in range(steps):
@@ -194,6 +209,7 @@ def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> None:
         losses.append(result.report["loss_sum"] / max(result.report["num_prompts"], 1.0))
     if info.rank == info.world_size - 1:
         print(f"sft warm-up: {steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    return embedded_path
 
 
 def _online_metrics(batch, ref_logps, first_row: int, info: ParallelInfo) -> dict:

@@ -14,12 +14,12 @@ command resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from nemo_rpo.algorithms.common import count_skipped, maybe_resume, should_save
+from nemo_rpo.algorithms.common import check_resume, count_skipped, maybe_resume, should_save, staged_jsonl
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate, round_up
 from nemo_rpo.data.errors import DataError
@@ -48,14 +48,19 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
     started = time.perf_counter()
     configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
-    save_resolved_config(cfg, info)
+    if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
+        return RMRunSummary(0, None, None, time.perf_counter() - started)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     dataset = _load_dataset(cfg, tokenizer, info)
     model, optimizer, scheduler = build_reward_trainer(cfg, tokenizer.vocab_size)
     sampler = GlobalBatchSampler(len(dataset), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=dataset.path)  # fmt: skip
+                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=dataset.path,
+                                 micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
     resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
     start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
+    save_resolved_config(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
+    if cfg.data.train_path is None and info.rank == 0:
+        write_jsonl(_embedded_records(cfg), _embedded_path(cfg))
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
     first = last = None
@@ -81,20 +86,29 @@ def train_reward_model(cfg: RMTrainConfig) -> RMRunSummary:
 
 
 def _load_dataset(cfg: RMTrainConfig, tokenizer, info: ParallelInfo) -> PreferenceDataset:
-    path = cfg.data.train_path
-    if path is None:  # the embedded default: the synthetic preferences with the configured K
-        path = f"{cfg.exp_dir}/data/synthetic_k{cfg.k}.jsonl"
-        if info.rank == 0:
-            write_jsonl(make_synthetic_preferences(512, cfg.k, seed=0), path)
-        torch.distributed.barrier()
-    dataset = load_preference_dataset(path, cfg.data, tokenizer, k=cfg.k, max_seq_len=cfg.model.max_seq_len,
-                                      require_rewards=cfg.objective == "regression")  # fmt: skip
+    stack = contextlib.ExitStack()
+    path = source = cfg.data.train_path
+    if path is None:  # the embedded default: the synthetic preferences with the configured K, read from a
+        path = _embedded_path(cfg)  # staged copy until the run's checks pass and it is written to exp_dir
+        source = stack.enter_context(staged_jsonl(_embedded_records(cfg), path))
+    with stack:
+        dataset = load_preference_dataset(source, cfg.data, tokenizer, k=cfg.k, max_seq_len=cfg.model.max_seq_len,
+                                          require_rewards=cfg.objective == "regression")  # fmt: skip
+    dataset.path = str(path)
     if cfg.objective == "regression" and not dataset.has_rewards:
         raise DataError(dataset.path, None, "rewards", f"{dataset.format} data has no rewards; "
                         "objective=regression needs them (use bradley_terry, or the native/nemo_aligner format)")  # fmt: skip
     if info.rank == 0:
         print(f"data: {dataset.path} ({dataset.format}): {dataset.stats.summary()}")
     return dataset
+
+
+def _embedded_path(cfg: RMTrainConfig) -> Path:
+    return Path(cfg.exp_dir) / "data" / f"synthetic_k{cfg.k}.jsonl"
+
+
+def _embedded_records(cfg: RMTrainConfig) -> list[dict]:
+    return make_synthetic_preferences(512, cfg.k, seed=0)
 
 
 def _microbatches(

@@ -286,7 +286,8 @@ class TrainerConfig:
         )
         _check(self.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1")
         _check(self.global_batch_size >= self.micro_batch_size, "trainer.global_batch_size",
-               "must be >= micro_batch_size")  # fmt: skip
+               f"{self.global_batch_size} is less than trainer.micro_batch_size={self.micro_batch_size}; "
+               f"set trainer.micro_batch_size={self.global_batch_size} too")  # fmt: skip
         _check(self.log_interval >= 1, "trainer.log_interval", "must be >= 1")
 
 
@@ -298,10 +299,17 @@ class CheckpointConfig:
     # start a new run from these weights (a run directory or one checkpoint directory; any TP/PP layout),
     # e.g. the SFT policy; ignored when resuming from exp_dir
     init_from: Optional[str] = None
+    # Resuming with a learning-rate schedule (optim.*, trainer.max_steps) that differs from the checkpoint's
+    # over the remaining steps: "match" refuses, "checkpoint" keeps the checkpoint's (after its last step
+    # the lr stays at its min_lr), "config" recomputes it for this config. Megatron-LM: its default assert,
+    # --use-checkpoint-opt_param-scheduler, --override-opt_param-scheduler.
+    resume_schedule: str = "match"
 
     def __post_init__(self) -> None:
         _check(self.save_interval >= 0, "checkpoint.save_interval", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+        _check(self.resume_schedule in ("match", "checkpoint", "config"), "checkpoint.resume_schedule",
+               f"match, checkpoint or config, got {self.resume_schedule!r}")  # fmt: skip
 
 
 @dataclass

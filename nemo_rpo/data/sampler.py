@@ -27,6 +27,7 @@ class GlobalBatchSampler:
         seed: int = 0,
         shuffle: bool = True,
         source: str = "<dataset>",
+        micro_batch_size: int | None = None,
     ) -> None:
         """Check the sizes.
 
@@ -38,6 +39,8 @@ class GlobalBatchSampler:
             seed: Seed of the per-epoch permutations.
             shuffle: False visits rows in order every epoch.
             source: The dataset's file, named in errors.
+            micro_batch_size: ``trainer.micro_batch_size``; when given, a dataset smaller than one global
+                batch gets batch sizes that fit it in its error message.
 
         Raises:
             DataError: The dataset is smaller than one global batch.
@@ -51,7 +54,8 @@ class GlobalBatchSampler:
             )
         if num_examples < global_batch_size:
             raise DataError(source, None, "trainer.global_batch_size",
-                            f"{global_batch_size} is more than the {num_examples} examples in the dataset")  # fmt: skip
+                            f"{global_batch_size} is more than the {num_examples} examples in the dataset"
+                            + _fitting_sizes(num_examples, dp_size, micro_batch_size))  # fmt: skip
         self.num_examples = num_examples
         self.global_batch_size = global_batch_size
         self.dp_rank = dp_rank
@@ -89,6 +93,19 @@ class GlobalBatchSampler:
         """This rank's ``global_batch_size / dp_size`` rows of step ``step``."""
         start = self.dp_rank * self.local_batch_size
         return self.global_indices_for_step(step)[start : start + self.local_batch_size]
+
+
+def _fitting_sizes(num_examples: int, dp_size: int, micro_batch_size: int | None) -> str:
+    """``; set trainer.global_batch_size=G [trainer.micro_batch_size=M]``: the largest batch that fits."""
+    if micro_batch_size is None:
+        return ""
+    if num_examples < dp_size:
+        return f" (each of the {dp_size} data-parallel ranks needs at least one)"
+    unit = micro_batch_size * dp_size
+    if num_examples >= unit:  # keep the micro-batch size, take whole micro-batches on every rank
+        return f"; set trainer.global_batch_size={num_examples - num_examples % unit}"
+    local = num_examples // dp_size  # less than one micro-batch per rank: one smaller micro-batch each
+    return f"; set trainer.global_batch_size={local * dp_size} trainer.micro_batch_size={local}"
 
 
 def split_micro_batches(indices: Sequence[int], micro_batch_size: int) -> list[list[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from nemo_rpo.config.schema import RPOConfig
@@ -18,7 +19,8 @@ def build_policy(cfg: RPOConfig, vocab_size: int):
     schedules and checkpointing expect.
     """
     chunks = build_policy_model(cfg, vocab_size)
-    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
+                                           keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
     return chunks, optimizer, scheduler
 
 
@@ -34,11 +36,17 @@ def build_policy_model(cfg: RPOConfig, vocab_size: int) -> list:
 
 
 def save_resolved_config(cfg: RPOConfig, info: ParallelInfo) -> None:
-    """Rank 0 writes ``<exp_dir>/config.yaml``: the fully resolved config of this run."""
+    """Rank 0 writes ``<exp_dir>/config.yaml``: the fully resolved config of this run.
+
+    Written whole or not at all (a temporary file renamed over it). Runs call it once their checks have
+    passed (config, data, resume), so a run that fails on bad input leaves an existing file as it was.
+    """
     if info.rank != 0:
         return
     from omegaconf import OmegaConf
 
     path = Path(cfg.exp_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))))
+    os.replace(tmp, path)

@@ -57,8 +57,8 @@ from megatron.core.utils import unwrap_model
 from nemo_rpo.data.errors import DataError
 
 __all__ = [
-    "checkpoint_dir", "checkpoint_layout", "find_checkpoint_problem", "find_latest_checkpoint",
-    "load_checkpoint", "save_checkpoint",
+    "checkpoint_dir", "checkpoint_layout", "checkpoint_scheduler_state", "checkpoint_step",
+    "find_checkpoint_problem", "find_latest_checkpoint", "load_checkpoint", "save_checkpoint",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,19 @@ def checkpoint_layout(path: str | os.PathLike) -> dict[str, int]:
     """The TP/PP/DP sizes (and world size) a checkpoint was saved with, from its marker."""
     marker = _read_marker(Path(path)) or {}
     return {k: marker[k] for k in ("world_size", *_LAYOUT_KEYS) if k in marker}
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer steps a complete checkpoint holds, from its marker (no tensor is read)."""
+    return int(_read_marker(Path(path))["step"])
+
+
+def checkpoint_scheduler_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The learning-rate scheduler's ``state_dict`` saved in a checkpoint (``None``: saved without one).
+
+    Read from megatron's small ``common.pt`` alone: no tensor of the model or optimizer is loaded.
+    """
+    return dist_checkpointing.load_common_state_dict(str(path)).get("scheduler")
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:

@@ -51,7 +51,8 @@ def build_reward_trainer(cfg: RMTrainConfig, vocab_size: int):
     # Losses return (sum, count, report): megatron divides gradients by the global count.
     model.config.calculate_per_token_loss = True
     chunks = [wrap_ddp(model, cfg.parallel)]
-    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps)
+    optimizer, scheduler = build_optimizer(chunks, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
+                                           keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
     return chunks, optimizer, scheduler
 
 

@@ -8,6 +8,7 @@ before the model is built, so a subprocess would spend most of its time importin
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -48,7 +49,11 @@ CASES = {
                                 "{file}: data.truncation: all 1 examples were dropped"),
     "empty_dataset": (["", "  "], [], "{file}: file: empty dataset (no records)"),
     "smaller_than_global_batch": ([_line(id=i) for i in range(5)], ["trainer.global_batch_size=8",
-                                  "trainer.micro_batch_size=4"], "{file}: trainer.global_batch_size: 8 is more than the 5 examples"),
+                                  "trainer.micro_batch_size=4"], "{file}: trainer.global_batch_size: 8 is more than the 5 examples "
+                                  "in the dataset; set trainer.global_batch_size=4"),
+    "smaller_than_one_micro_batch": ([_line(id=i) for i in range(2)], [],
+                                     "{file}: trainer.global_batch_size: 32 is more than the 2 examples in the dataset; "
+                                     "set trainer.global_batch_size=2 trainer.micro_batch_size=2"),
     "no_rewards_for_rpo": ([json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})], ["k=2", "loss=rpo_bwd"],
                            "{file}: rewards: trl data has no rewards; loss rpo_bwd needs them"),
     "kto_single_example": ([json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})],
@@ -59,6 +64,12 @@ CASES = {
     "bad_config_cross_field": ([_line()], ["trainer.global_batch_size=6", "trainer.micro_batch_size=4"],
                                "config: trainer.global_batch_size: must be a multiple of micro_batch_size"),
     "unknown_config_key": ([_line()], ["trainer.max_stepz=3"], "config: "),
+    "added_unknown_key": ([_line()], ["+foo=1"], "config: foo: unknown key, RPOConfig has no 'foo' ('+' cannot add "
+                          "keys the schema lacks)"),
+    "added_unknown_nested_key": ([_line()], ["+trainer.foo=1"], "config: trainer.foo: unknown key, TrainerConfig"),
+    "missing_group_choice": ([_line()], ["loss=sq"], "config: In 'train': Could not find 'loss/sq'; choose one of "),
+    "global_below_micro_batch": ([_line()], ["trainer.global_batch_size=2"], "config: trainer.global_batch_size: 2 "
+                                 "is less than trainer.micro_batch_size=8; set trainer.micro_batch_size=2 too"),
     "online_empty_prompt": ([_line(), _line(prompt="")], ["mode=online", "online.sft_warmup_steps=0"],
                             "{file}:2: prompt: empty"),
     "online_fewer_prompts_than_global_batch": ([_line(id=i) for i in range(3)], ["mode=online",
@@ -95,8 +106,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     assert len(errors) == 1, err
     assert errors[0].startswith("error: " + expected.format(file=data)), errors[0]
     assert "Traceback" not in err + out
-    assert not (exp / "checkpoints").exists() and not (exp / "reference_logps.pt").exists()
-    assert not (exp / "reference").exists() and not (exp / "metrics.jsonl").exists()
+    assert not exp.exists()  # not even config.yaml: it is written once every check has passed
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -111,11 +121,22 @@ def test_debug_shows_the_traceback(tmp_path):
 SMALL = ["trainer.global_batch_size=8", "trainer.micro_batch_size=4", "checkpoint.save_interval=2", *QUIET]
 
 
+def _files(exp_dir) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``exp_dir``: its bytes and modification time."""
+    return {
+        str(p.relative_to(exp_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in exp_dir.rglob("*")
+        if p.is_file()
+    }
+
+
 def test_checkpoint_of_another_model_shape_is_one_line(tmp_path, capsys):
-    """The model config is compared with the checkpoint's before any tensor is read."""
+    """The model config is compared with the checkpoint's before any tensor is read; exp_dir stays as it was."""
     exp = tmp_path / "run"
     assert _main(capsys, f"exp_dir={exp}", "trainer.max_steps=1", *SMALL)[0] == 0
     ref_cache = (exp / "reference_logps.pt").read_bytes()
+    before = _files(exp)
+    assert "hidden_size: 64" in before["config.yaml"][0].decode()
     code, out, err = _main(capsys, f"exp_dir={exp}", "trainer.max_steps=2", "model.hidden_size=128", *SMALL)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -124,6 +145,56 @@ def test_checkpoint_of_another_model_shape_is_one_line(tmp_path, capsys):
     assert "Traceback" not in err
     assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == ["latest", "step_00000001"]
     assert (exp / "reference_logps.pt").read_bytes() == ref_cache
+    assert _files(exp) == before  # config.yaml included: not rewritten with the failed run's shape
+
+
+def test_finished_run_is_complete_and_a_longer_one_keeps_or_recomputes_the_schedule(
+    tmp_path, capsys, monkeypatch
+):
+    """Rerun: "run complete", exit 0, no model built. Longer: refused unless checkpoint.resume_schedule says how."""
+    exp, data = tmp_path / "run", tmp_path / "data.jsonl"
+    data.write_text("".join(_line(id=i) + "\n" for i in range(8)))
+    args = [
+        f"exp_dir={exp}",
+        f"data.train_path={data}",
+        "optim.warmup_steps=1",
+        *SMALL,
+    ]  # cosine to 0 at max_steps
+    assert _main(capsys, *args, "trainer.max_steps=2")[0] == 0
+    before = _files(exp)
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("nemo_rpo.algorithms.offline.build_policy", no_model)
+        code, out, err = _main(capsys, *args, "trainer.max_steps=2")
+    assert (code, err) == (0, ""), err
+    ckpt = exp / "checkpoints" / "step_00000002"
+    assert out.splitlines() == [f"run complete: {ckpt} is at trainer.max_steps=2; nothing to do (a larger "
+                                "trainer.max_steps trains on, checkpoint.resume=false starts over)"]  # fmt: skip
+
+    code, out, err = _main(capsys, *args, "trainer.max_steps=4")
+    assert code == 2
+    assert err.splitlines() == [f"error: {ckpt}: schedule: this config's learning-rate schedule differs from the "
+                                "checkpoint's for the steps left (decay steps (trainer.max_steps) 2 -> 4; lr of step 3 0.00e+00 -> "
+                                "2.25e-03); set checkpoint.resume_schedule=checkpoint to keep the checkpoint's, or "
+                                "checkpoint.resume_schedule=config to use this config's"]  # fmt: skip
+    assert _files(exp) == before
+
+    code, out, err = _main(capsys, *args, "trainer.max_steps=1")
+    assert (code, err.splitlines()) == (2, [f"error: {ckpt}: step: the checkpoint is at step 2, past trainer."
+                                            "max_steps=1; set trainer.max_steps=2 or more, or checkpoint.resume=false "
+                                            "to start over"])  # fmt: skip
+
+    # Megatron's use-checkpoint: the lr stays at the checkpoint's min_lr (0) after its last step.
+    assert _main(capsys, *args, "trainer.max_steps=3", "checkpoint.resume_schedule=checkpoint")[0] == 0
+    # Megatron's override: this config's schedule, as a fresh 5-step run would have it at steps 4-5.
+    assert _main(capsys, *args, "trainer.max_steps=5", "checkpoint.resume_schedule=config")[0] == 0
+    lrs = [json.loads(line)["lr"] for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    # step s applies the lr after s - 1 steps: warmup 1, then cosine over the 4 steps to 5
+    cosine = [3e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in (4, 5)]
+    assert lrs[:3] == [0.0, 3e-3, 0.0] and lrs[3:] == pytest.approx(cosine)
 
 
 def test_nan_steps_are_skipped_then_stop_the_run(tmp_path, capsys, monkeypatch):

@@ -49,6 +49,31 @@ def test_dataset_smaller_than_a_global_batch():
     )
 
 
+@pytest.mark.parametrize(
+    "num_examples, global_batch_size, micro_batch_size, dp_size, suggestion",
+    [
+        (5, 8, 4, 1, "; set trainer.global_batch_size=4"),  # whole micro-batches still fit
+        (2, 32, 8, 1, "; set trainer.global_batch_size=2 trainer.micro_batch_size=2"),  # not one micro-batch
+        (7, 8, 2, 2, "; set trainer.global_batch_size=4"),  # whole micro-batches on both ranks
+        (3, 8, 4, 2, "; set trainer.global_batch_size=2 trainer.micro_batch_size=1"),  # one row per rank
+        (1, 8, 4, 2, " (each of the 2 data-parallel ranks needs at least one)"),
+    ],
+)  # fmt: skip
+def test_a_dataset_smaller_than_a_global_batch_gets_sizes_that_fit(
+    num_examples, global_batch_size, micro_batch_size, dp_size, suggestion
+):
+    with pytest.raises(DataError) as err:
+        GlobalBatchSampler(num_examples, global_batch_size, dp_size=dp_size, source="d.jsonl",
+                           micro_batch_size=micro_batch_size)  # fmt: skip
+    assert str(err.value) == (f"d.jsonl: trainer.global_batch_size: {global_batch_size} is more than the "
+                              f"{num_examples} examples in the dataset{suggestion}")  # fmt: skip
+    if "set" in suggestion:  # the suggested sizes pass the config's checks and the sampler's
+        sizes = dict(kv.split("=") for kv in suggestion.split("set ")[1].split())
+        gbs = int(sizes["trainer.global_batch_size"])
+        mbs = int(sizes.get("trainer.micro_batch_size", micro_batch_size))
+        assert gbs <= num_examples and gbs % (mbs * dp_size) == 0
+
+
 @pytest.mark.parametrize("kwargs", [{"dp_size": 3}, {"dp_rank": 2, "dp_size": 2}, {"global_batch_size": 0}])
 def test_bad_sizes(kwargs):
     with pytest.raises(ValueError):
