@@ -14,12 +14,19 @@ SCHEMA_NAME = "rpo_schema"
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` directory: ``$NEMO_RPO_CONF_DIR``, else the one beside the package in a checkout."""
+    """The Hydra config tree every entry point composes from; the one place that looks it up.
+
+    ``$NEMO_RPO_CONF_DIR`` when set; else the copy an installed wheel carries (``nemo_rpo/conf``,
+    written by setup.py's build step); else the checkout's top-level ``conf/`` (an editable install).
+    """
     override = os.environ.get("NEMO_RPO_CONF_DIR")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "conf"
-    if not (path / "train.yaml").is_file():
-        raise ConfigError(f"conf: no train.yaml in {path} (set NEMO_RPO_CONF_DIR to the repository's conf/)")
-    return path
+    package = Path(__file__).resolve().parents[1]
+    candidates = [Path(override)] if override else [package / "conf", package.parent / "conf"]
+    for path in candidates:
+        if (path / "train.yaml").is_file():
+            return path
+    searched = " or ".join(str(p) for p in candidates)
+    raise ConfigError(f"conf: no train.yaml in {searched} (set NEMO_RPO_CONF_DIR to a conf/ directory)")
 
 
 def register_schema() -> None:
