@@ -48,7 +48,7 @@ from nemo_rpo.data.sampler import GlobalBatchSampler
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
-from nemo_rpo.losses import PRESETS
+from nemo_rpo.losses import LOSSES
 from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.training import reference
 from nemo_rpo.training.builder import build_policy, save_resolved_config
@@ -135,7 +135,7 @@ def _load_dataset(
     if path is None:  # the embedded default: synthetic preferences with the configured K, read from a
         path = _embedded_path(cfg)  # staged copy until _save_run_files writes them to exp_dir
         source = stack.enter_context(staged_jsonl(_embedded_records(cfg), path))
-    info_loss = PRESETS[cfg.loss.name]
+    info_loss = LOSSES[cfg.loss.name]
     with stack:
         dataset = load_preference_dataset(source, cfg.data, tokenizer, k=k or cfg.k,
                                           max_seq_len=cfg.model.max_seq_len,
@@ -179,7 +179,7 @@ def _reference_logps(
     resumed: bool = False,
 ) -> torch.Tensor | None:
     """Reference log-probs of every response at the current weights, cached in ``cache_dir``."""
-    if not PRESETS[cfg.loss.name].uses_reference:
+    if not LOSSES[cfg.loss.name].uses_reference:
         return None
     key = reference.fingerprint(dataset.examples, {"model": vars(cfg.model), "seed": cfg.trainer.seed})
     cached = reference.load_cached(str(cache_dir), key)

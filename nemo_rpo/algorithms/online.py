@@ -45,7 +45,7 @@ from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
 from nemo_rpo.generation import MegatronGenerator, sampling_generator
-from nemo_rpo.losses import PRESETS
+from nemo_rpo.losses import LOSSES
 from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.rewards import build_reward_model
 from nemo_rpo.training.builder import build_policy_model, save_resolved_config
@@ -139,7 +139,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
 
 
 def _uses_ref(cfg: RPOConfig) -> bool:
-    return PRESETS[cfg.loss.name].uses_reference
+    return LOSSES[cfg.loss.name].uses_reference
 
 
 def _prompts_source(cfg: RPOConfig) -> str:
@@ -194,7 +194,7 @@ def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> Path | 
     k = 2 if cfg.data.train_path is None else cfg.k
     with stack:
         data = load_preference_dataset(source, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
-                                       require_rewards=PRESETS["sft"].needs_rewards)  # fmt: skip
+                                       require_rewards=LOSSES["sft"].needs_rewards)  # fmt: skip
     optim = dataclasses.replace(cfg.optim, warmup_steps=0, decay_style="constant", min_lr=cfg.optim.lr)
     optimizer, scheduler = build_optimizer(model, optim, cfg.parallel, steps)
     sampler = GlobalBatchSampler(len(data), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,

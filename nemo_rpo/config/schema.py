@@ -2,7 +2,9 @@
 
 Hydra composes YAML from ``conf/`` on top of these schemas (registered in :mod:`nemo_rpo.config.store`);
 the CLI converts the result with ``OmegaConf.to_object`` so ``__post_init__`` range checks run, and
-only these dataclasses travel below ``cli/``. This module imports nothing from the rest of the package.
+only these dataclasses travel below ``cli/``. This module imports nothing from the rest of the package
+at import time; ``LossConfig`` validates ``loss.name`` against the pure-torch loss registry
+(:data:`nemo_rpo.losses.LOSSES`, the one list of losses) when an instance is checked.
 """
 
 from __future__ import annotations
@@ -21,19 +23,14 @@ def _check(cond: bool, field_name: str, problem: str) -> None:
         raise ConfigError(f"{field_name}: {problem}")
 
 
-LOSS_NAMES = (
-    "rpo_sq", "rpo_sqloo", "rpo_bwd", "rpo_fwd",
-    "dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto", "sft",
-)  # fmt: skip
-
-
 @dataclass
 class LossConfig:
     """Which objective and its hyper-parameters (paper §3, Table 1).
 
-    ``name`` is a preset: ``rpo_{sq,sqloo,bwd,fwd}`` use the explicit rewards; the others are the
-    Table 1 algorithms expressed as RPO configurations (``kto`` is a separate baseline).
-    NeMo-Aligner's names ``rpo_bwd_kl`` and ``rpo_fwd_kl`` are accepted as aliases.
+    ``name`` is a loss of the registry (:data:`nemo_rpo.losses.LOSSES`), or one of its aliases:
+    ``rpo_{sq,sqloo,bwd,fwd}`` use the explicit rewards; ``dpo cdpo ipo distill_dpo simpo`` are the
+    Table 1 algorithms expressed as RPO configurations (``kto`` is a separate baseline); NeMo-Aligner's
+    names ``rpo_bwd_kl`` and ``rpo_fwd_kl`` are aliases. Each loss reads the fields it declares.
     """
 
     name: str = "rpo_bwd"
@@ -53,13 +50,12 @@ class LossConfig:
     average_log_probs: bool = False
 
     def __post_init__(self) -> None:
-        from_aliases = {"rpo_bwd_kl": "rpo_bwd", "rpo_fwd_kl": "rpo_fwd"}
-        self.name = from_aliases.get(self.name, self.name)
-        _check(
-            self.name in LOSS_NAMES,
-            "loss.name",
-            f"unknown loss {self.name!r}; choose one of {', '.join(LOSS_NAMES)}",
-        )
+        from nemo_rpo.losses import canonical_name  # pure torch; imported here to keep this module light
+
+        try:
+            self.name = canonical_name(self.name)
+        except ValueError as err:  # "unknown loss 'x'; choose one of ..."
+            raise ConfigError(f"loss.name: {err}") from None
         _check(math.isfinite(self.beta) and self.beta > 0, "loss.beta", f"must be > 0, got {self.beta}")
         _check(math.isfinite(self.eta) and self.eta > 0, "loss.eta", f"must be > 0, got {self.eta}")
         _check(
@@ -388,14 +384,11 @@ class RPOConfig:
         _check(self.schedule.pairs != "best_vs_random" or self.k == 2, "schedule.pairs",
                f"best_vs_random builds K=2 pairs; set k=2 (got k={self.k}) or schedule.pairs=all")  # fmt: skip
         _check(self.k >= 2, "k", f"must be >= 2, got {self.k}")
-        _check(not (self.loss.name == "rpo_sq" and self.k != 2), "k",
-               "loss rpo_sq is the K=2 margin form; use loss=rpo_sqloo for K > 2")  # fmt: skip
-        pairwise = ("dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto")
-        _check(
-            not (self.loss.name in pairwise and self.k != 2),
-            "k",
-            f"loss {self.loss.name} is pairwise: set k=2",
-        )
+        from nemo_rpo.losses import LOSSES
+
+        spec = LOSSES[self.loss.name]
+        _check(not (spec.pairwise and self.k != 2), "k", f"loss {spec.name} is pairwise: set k=2"
+               + (f"; {spec.pairwise_note}" if spec.pairwise_note else ""))  # fmt: skip
         heads = self.model.num_attention_heads
         groups = self.model.num_query_groups or heads
         _check(heads % self.parallel.tp == 0 and groups % self.parallel.tp == 0, "parallel.tp",

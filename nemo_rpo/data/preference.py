@@ -292,7 +292,7 @@ def load_preference_dataset(
         tokenizer: The tokenizer.
         k: Responses per prompt.
         max_seq_len: ``model.max_seq_len``.
-        require_rewards: Whether the caller reads rewards (the loss's ``PresetInfo.needs_rewards``);
+        require_rewards: Whether the caller reads rewards (the loss's ``LossSpec.needs_rewards``);
             when False, nemo_aligner data may come without them.
 
     Raises:

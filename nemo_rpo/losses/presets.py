@@ -1,18 +1,43 @@
-"""Table 1: existing preference-optimization algorithms as configurations of :func:`rpo_loss`.
+"""Every loss of the package, each declared once with :func:`~nemo_rpo.losses.registry.register_loss`.
 
+RPO with each metric (Eq. 5), then Table 1's algorithms as configurations of :func:`rpo_loss`.
 Pairwise presets take ``[B, 2]`` inputs with response 0 the chosen one. Each preset only fixes what
 the paper says differs: the metric, the target margin, and (SimPO) the reference. IPO and Distill-DPO
-also carry the constant factor that makes them equal their published closed forms.
+also carry the constant factor that makes them equal their published closed forms. KTO is a separate
+baseline, SFT the supervised stage, InfoNCA the cross-entropy twin of ``rpo_bwd``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from nemo_rpo.losses.rpo import rpo_loss, upcast
+from nemo_rpo.losses.distances import target_log_softmax
+from nemo_rpo.losses.registry import register_loss
+from nemo_rpo.losses.rpo import implicit_rewards, rpo_loss, scaled_targets, upcast
+
+
+def _rpo(metric: str):  # noqa: ANN202 - returns a loss function
+    def loss(
+        *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
+    ) -> torch.Tensor:
+        return rpo_loss(
+            policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, metric=metric, beta=beta, eta=eta
+        )
+
+    loss.__name__ = loss.__qualname__ = f"rpo_{metric}"
+    loss.__doc__ = f"RPO with the {metric!r} distance: :func:`rpo_loss` ``(metric={metric!r})``."
+    return loss
+
+
+_RPO = {"needs_rewards": True, "uses_reference": True, "hparams": ("beta", "eta")}
+register_loss("rpo_sq", **_RPO, metric="sq", pairwise=True, pairwise_note="use loss=rpo_sqloo for K > 2")(
+    _rpo("sq")
+)
+register_loss("rpo_sqloo", **_RPO, metric="sqloo")(_rpo("sqloo"))
+register_loss("rpo_bwd", **_RPO, metric="bwd", aliases=("rpo_bwd_kl",))(_rpo("bwd"))  # NeMo-Aligner's
+register_loss("rpo_fwd", **_RPO, metric="fwd", aliases=("rpo_fwd_kl",))(_rpo("fwd"))
 
 
 def _margin_rewards(like: torch.Tensor, margin: float) -> torch.Tensor:
@@ -22,6 +47,9 @@ def _margin_rewards(like: torch.Tensor, margin: float) -> torch.Tensor:
     return rewards
 
 
+@register_loss(
+    "dpo", needs_rewards=False, uses_reference=True, hparams=("beta",), metric="bwd", pairwise=True
+)
 def dpo(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO = bwd with ``delta_r* = inf`` (Table 1; Appendix C, Eq. 16): ``-log sigma(beta delta)``."""
     rewards = _margin_rewards(policy_logps, math.inf)
@@ -30,6 +58,14 @@ def dpo(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> 
     )
 
 
+@register_loss(
+    "cdpo",
+    needs_rewards=False,
+    uses_reference=True,
+    hparams=("beta", "label_smoothing"),
+    metric="bwd",
+    pairwise=True,
+)
 def cdpo(
     *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, label_smoothing: float
 ) -> torch.Tensor:
@@ -45,6 +81,7 @@ def cdpo(
     )
 
 
+@register_loss("ipo", needs_rewards=False, uses_reference=True, hparams=("beta",), metric="sq", pairwise=True)
 def ipo(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """IPO = sq with ``delta_r* = 1/2`` (Table 1), times ``2 / beta^2`` to equal ``(delta - 1/(2 beta))^2``."""
     rewards = _margin_rewards(policy_logps, 0.5)
@@ -54,6 +91,14 @@ def ipo(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> 
     return (2.0 / beta**2) * loss
 
 
+@register_loss(
+    "distill_dpo",
+    needs_rewards=True,
+    uses_reference=True,
+    hparams=("beta", "eta"),
+    metric="sq",
+    pairwise=True,
+)
 def distill_dpo(
     *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
 ) -> torch.Tensor:
@@ -67,6 +112,15 @@ def distill_dpo(
     )
 
 
+@register_loss(
+    "simpo",
+    needs_rewards=False,
+    uses_reference=False,
+    hparams=("beta", "gamma"),
+    metric="bwd",
+    pairwise=True,
+    length_normalized=True,
+)
 def simpo(*, policy_logps: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
     """SimPO: ``-log sigma(beta (m1 - m2) - gamma)`` on length-normalized log-probs ``m`` (Table 1).
 
@@ -106,6 +160,40 @@ def kto(
     return desirable_weight * desirable + undesirable_weight * undesirable
 
 
+@register_loss(
+    "kto",
+    needs_rewards=False,
+    uses_reference=True,
+    pairwise=True,
+    needs_kl_pairs=True,
+    hparams=("beta", "kto_desirable_weight", "kto_undesirable_weight"),
+)
+def _kto_loss(
+    *,
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    kl_policy_logps: torch.Tensor,
+    kl_ref_logps: torch.Tensor,
+    beta: float,
+    kto_desirable_weight: float,
+    kto_undesirable_weight: float,
+) -> torch.Tensor:
+    """:func:`kto` with its weights under their ``LossConfig`` names."""
+    return kto(
+        policy_logps=policy_logps,
+        ref_logps=ref_logps,
+        kl_policy_logps=kl_policy_logps,
+        kl_ref_logps=kl_ref_logps,
+        beta=beta,
+        desirable_weight=kto_desirable_weight,
+        undesirable_weight=kto_undesirable_weight,
+    )
+
+
+# Supervised fine-tuning on the best response (the SFT stage before alignment; online warm-up).
+@register_loss(
+    "sft", needs_rewards=False, uses_reference=False, optional_rewards=True, length_normalized=True
+)
 def sft_nll(*, policy_logps: torch.Tensor, rewards: torch.Tensor | None) -> torch.Tensor:
     """NLL of the best response per prompt (NeMo-Aligner's ``sft_loss_weight`` term), ``[B]``.
 
@@ -117,98 +205,19 @@ def sft_nll(*, policy_logps: torch.Tensor, rewards: torch.Tensor | None) -> torc
     return -upcast(policy_logps).gather(-1, best).squeeze(-1)
 
 
-@dataclass(frozen=True)
-class PresetInfo:
-    """What the training layer must feed a named loss."""
-
-    # Reads explicit rewards r*. The data layer follows it: losses without it accept data without rewards.
-    needs_rewards: bool
-    uses_reference: bool  # needs reference log-probs
-    length_normalized: bool  # policy log-probs averaged over response tokens
-    pairwise: bool  # K must be 2
-    needs_kl_pairs: bool = False  # mismatched pairs for KTO's reference point
-
-
-PRESETS: dict[str, PresetInfo] = {
-    "rpo_sq": PresetInfo(needs_rewards=True, uses_reference=True, length_normalized=False, pairwise=True),
-    "rpo_sqloo": PresetInfo(needs_rewards=True, uses_reference=True, length_normalized=False, pairwise=False),
-    "rpo_bwd": PresetInfo(needs_rewards=True, uses_reference=True, length_normalized=False, pairwise=False),
-    "rpo_fwd": PresetInfo(needs_rewards=True, uses_reference=True, length_normalized=False, pairwise=False),
-    "dpo": PresetInfo(needs_rewards=False, uses_reference=True, length_normalized=False, pairwise=True),
-    "cdpo": PresetInfo(needs_rewards=False, uses_reference=True, length_normalized=False, pairwise=True),
-    "ipo": PresetInfo(needs_rewards=False, uses_reference=True, length_normalized=False, pairwise=True),
-    "distill_dpo": PresetInfo(
-        needs_rewards=True, uses_reference=True, length_normalized=False, pairwise=True
-    ),
-    "simpo": PresetInfo(needs_rewards=False, uses_reference=False, length_normalized=True, pairwise=True),
-    "kto": PresetInfo(
-        needs_rewards=False, uses_reference=True, length_normalized=False, pairwise=True, needs_kl_pairs=True
-    ),
-    # Supervised fine-tuning on the best response (the SFT stage before alignment; online warm-up).
-    "sft": PresetInfo(needs_rewards=False, uses_reference=False, length_normalized=True, pairwise=False),
-}
-
-# NeMo-Aligner's loss names.
-ALIASES = {"rpo_bwd_kl": "rpo_bwd", "rpo_fwd_kl": "rpo_fwd"}
-
-
-def canonical_name(name: str) -> str:
-    """Resolve an alias; raise a clear error for an unknown name (never fall back to DPO)."""
-    name = ALIASES.get(name, name)
-    if name not in PRESETS:
-        raise ValueError(
-            f"unknown loss {name!r}; choose one of {', '.join(PRESETS)} (aliases: {', '.join(ALIASES)})"
-        )
-    return name
-
-
-def preference_loss(
-    name: str,
-    *,
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor | None,
-    rewards: torch.Tensor | None,
-    beta: float,
-    eta: float = 1.0,
-    label_smoothing: float = 0.0,
-    gamma: float = 0.0,
-    kl_policy_logps: torch.Tensor | None = None,
-    kl_ref_logps: torch.Tensor | None = None,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+@register_loss("infonca", needs_rewards=True, uses_reference=True, hparams=("beta", "eta"), metric="bwd")
+def infonca(
+    *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
 ) -> torch.Tensor:
-    """Run the loss named ``name`` (a preset of :data:`PRESETS` or an alias) on ``[B, K]`` inputs → ``[B]``."""
-    name = canonical_name(name)
-    info = PRESETS[name]
-    if info.needs_rewards and rewards is None:
-        raise ValueError(f"loss {name!r} needs explicit rewards; this data has none")
-    if info.pairwise and policy_logps.shape[-1] != 2:
-        hint = "; use rpo_sqloo for K > 2" if name == "rpo_sq" else ""
-        raise ValueError(f"loss {name!r} is pairwise (K=2), got K={policy_logps.shape[-1]}{hint}")
-    if info.uses_reference and ref_logps is None:
-        raise ValueError(f"loss {name!r} needs reference log-probs")
-    logps = {"policy_logps": policy_logps, "ref_logps": ref_logps}
-    if name.startswith("rpo_"):
-        return rpo_loss(**logps, rewards=rewards, metric=name[len("rpo_") :], beta=beta, eta=eta)
-    if name == "dpo":
-        return dpo(**logps, beta=beta)
-    if name == "cdpo":
-        return cdpo(**logps, beta=beta, label_smoothing=label_smoothing)
-    if name == "ipo":
-        return ipo(**logps, beta=beta)
-    if name == "distill_dpo":
-        return distill_dpo(**logps, rewards=rewards, beta=beta, eta=eta)
-    if name == "simpo":
-        return simpo(policy_logps=policy_logps, beta=beta, gamma=gamma)
-    if name == "sft":
-        return sft_nll(policy_logps=policy_logps, rewards=rewards)
-    if kl_policy_logps is None or kl_ref_logps is None:
-        raise ValueError("loss 'kto' needs log-probs of mismatched pairs (kl_policy_logps, kl_ref_logps)")
-    return kto(
-        **logps,
-        kl_policy_logps=kl_policy_logps,
-        kl_ref_logps=kl_ref_logps,
-        beta=beta,
-        desirable_weight=desirable_weight,
-        undesirable_weight=undesirable_weight,
+    """InfoNCA (Chen et al., 2024, arXiv:2402.05369) over the K responses of each prompt:
+    ``-sum_k softmax(r*/alpha)_k log softmax(beta log(pi/pi_ref))_k`` with ``eta = 1/alpha``.
+
+    The cross-entropy from the reward distribution ``q^b`` to the implicit one ``q^a``: ``rpo_bwd``'s
+    ``KL[q^b || q^a]`` (Eq. 7) plus the entropy of ``q^b``, which the policy does not change, so the
+    gradients are ``rpo_bwd``'s. ``+inf`` rewards put all the target mass on those responses.
+    """
+    targets = scaled_targets(
+        policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, beta=beta, eta=eta
     )
+    a = implicit_rewards(policy_logps=policy_logps, ref_logps=ref_logps.detach(), beta=beta)
+    return -(target_log_softmax(targets).exp() * torch.log_softmax(a, dim=-1)).sum(dim=-1)

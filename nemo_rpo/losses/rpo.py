@@ -19,6 +19,29 @@ def implicit_rewards(*, policy_logps: torch.Tensor, ref_logps: torch.Tensor, bet
     return beta * (upcast(policy_logps) - upcast(ref_logps))
 
 
+def scaled_targets(
+    *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
+) -> torch.Tensor:
+    """Check the inputs of a reward-target loss; return the detached targets ``eta * r*`` (at least fp32).
+
+    Raises:
+        ValueError: inputs that are not one ``[B, K]`` shape with K >= 2, ``beta`` or ``eta`` <= 0, NaN rewards.
+    """
+    if policy_logps.dim() != 2 or policy_logps.shape[-1] < 2:
+        raise ValueError(f"policy_logps must be [B, K] with K >= 2, got shape {tuple(policy_logps.shape)}")
+    if ref_logps.shape != policy_logps.shape or rewards.shape != policy_logps.shape:
+        raise ValueError(
+            f"policy_logps {tuple(policy_logps.shape)}, ref_logps {tuple(ref_logps.shape)} and rewards "
+            f"{tuple(rewards.shape)} must have the same [B, K] shape"
+        )
+    if not beta > 0 or not eta > 0:
+        raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
+    targets = eta * upcast(rewards.detach())
+    if torch.isnan(targets).any():
+        raise ValueError("rewards contain NaN")
+    return targets
+
+
 def rpo_loss(
     *,
     policy_logps: torch.Tensor,
@@ -43,18 +66,9 @@ def rpo_loss(
     """
     if metric not in DISTANCES:
         raise ValueError(f"unknown RPO metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if policy_logps.dim() != 2 or policy_logps.shape[-1] < 2:
-        raise ValueError(f"policy_logps must be [B, K] with K >= 2, got shape {tuple(policy_logps.shape)}")
-    if ref_logps.shape != policy_logps.shape or rewards.shape != policy_logps.shape:
-        raise ValueError(
-            f"policy_logps {tuple(policy_logps.shape)}, ref_logps {tuple(ref_logps.shape)} and rewards "
-            f"{tuple(rewards.shape)} must have the same [B, K] shape"
-        )
-    if not beta > 0 or not eta > 0:
-        raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
-    targets = eta * upcast(rewards.detach())
-    if torch.isnan(targets).any():
-        raise ValueError("rewards contain NaN")
+    targets = scaled_targets(
+        policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, beta=beta, eta=eta
+    )
     if metric in ("sq", "sqloo") and not torch.isfinite(targets).all():
         raise ValueError(f"metric {metric!r} needs finite rewards; infinite margins are for 'bwd' (DPO)")
     a = implicit_rewards(policy_logps=policy_logps, ref_logps=ref_logps.detach(), beta=beta)

@@ -14,7 +14,7 @@ import torch
 
 from nemo_rpo.config.schema import LossConfig
 from nemo_rpo.data.batch import PreferenceBatch
-from nemo_rpo.losses import PRESETS, preference_loss, rpo_stats, sft_nll
+from nemo_rpo.losses import LOSSES, preference_loss, rpo_stats, sft_nll
 
 # Scalars summed over micro-batches and data-parallel ranks, in this order; divided once when logged.
 REPORT_KEYS = (
@@ -54,7 +54,7 @@ def preference_losses(
             log-probs into per-token means over the same response tokens (NeMo-Aligner's
             ``preference_average_log_probs``: the mean of ``log pi - log pi_ref``).
     """
-    info = PRESETS[loss.name]
+    info = LOSSES[loss.name]
     k = batch.num_responses
     num_prompts = batch.index.numel()
     seq_sum, seq_mean, num_tokens = _seq_logps(token_logps, batch.loss_mask, num_prompts)
@@ -70,14 +70,9 @@ def preference_losses(
         policy_logps=policy,
         ref_logps=ref if info.uses_reference else None,
         rewards=batch.rewards,
-        beta=loss.beta,
-        eta=loss.eta,
-        label_smoothing=loss.label_smoothing,
-        gamma=loss.gamma,
         kl_policy_logps=kl_policy,
         kl_ref_logps=kl_ref,
-        desirable_weight=loss.kto_desirable_weight,
-        undesirable_weight=loss.kto_undesirable_weight,
+        **{name: getattr(loss, name) for name in info.hparams},
     )
     if loss.sft_loss_weight > 0:
         losses = losses + loss.sft_loss_weight * sft_nll(policy_logps=seq_mean[:, :k], rewards=batch.rewards)

@@ -8,6 +8,7 @@ import pytest
 
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
 from nemo_rpo.config.store import conf_dir, load_config
+from nemo_rpo.losses import LOSSES
 
 CONF = pathlib.Path(conf_dir())
 GROUPS = {
@@ -20,7 +21,7 @@ def test_every_loss_preset_composes(name):
     cfg = load_config([f"loss={name}"])
     assert isinstance(cfg, RPOConfig)
     assert cfg.loss.name == name  # the group entry selects that loss, nothing else
-    assert cfg.k == (2 if name in ("dpo", "cdpo", "ipo", "distill_dpo", "simpo", "kto", "rpo_sq") else 4)
+    assert cfg.k == (2 if LOSSES[name].pairwise else 4)  # the registry says which losses are pairwise
 
 
 @pytest.mark.parametrize("name", GROUPS["model"])

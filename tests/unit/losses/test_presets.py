@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from nemo_rpo.losses import (
-    PRESETS,
+    LOSSES,
     canonical_name,
     cdpo,
     distill_dpo,
@@ -182,10 +182,14 @@ def _direct(name, policy, ref, rewards, kl):
         ),
         # NLL of the highest-reward response, written out here without sft_nll.
         "sft": lambda: -torch.where(rewards[:, 0] >= rewards[:, 1], policy[:, 0], policy[:, 1]),
+        # Cross-entropy from softmax(eta r) to softmax(beta log pi/pi_ref), written out.
+        "infonca": lambda: (
+            -(torch.softmax(2.0 * rewards, -1) * torch.log_softmax(BETA * (policy - ref), -1)).sum(-1)
+        ),
     }[name]()
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_dispatch_runs_the_named_preset(name, pair):
     """Selecting a loss by name runs that loss, never a silent fallback to DPO."""
     policy, ref = pair
@@ -194,6 +198,7 @@ def test_dispatch_runs_the_named_preset(name, pair):
     ours = preference_loss(
         name, policy_logps=policy, ref_logps=ref, rewards=rewards, beta=BETA, eta=2.0,
         label_smoothing=0.1, gamma=0.3, kl_policy_logps=kl, kl_ref_logps=torch.zeros_like(kl),
+        kto_desirable_weight=1.0, kto_undesirable_weight=1.0,
     )  # fmt: skip
     assert_close(ours, _direct(name, policy, ref, rewards, kl).to(ours.dtype))
     if name != "dpo":
