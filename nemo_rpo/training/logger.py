@@ -82,8 +82,8 @@ class MetricsLogger:
         """Flush TensorBoard and draw ``<exp_dir>/curves.png`` when matplotlib is installed."""
         if self._tb is not None:
             self._tb.close()
-        if not self.enabled or not self.path.exists():
-            return
+        if not self.enabled or not self.path.exists() or not self.path.stat().st_size:
+            return  # nothing logged, nothing to draw
         try:
             from nemo_rpo.training.plots import plot_runs
 
