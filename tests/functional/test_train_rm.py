@@ -1,6 +1,6 @@
 """End-to-end ``nemo-rpo-train-rm``: the default run learns, a rerun resumes exactly, the RM serves.
 
-Thresholds leave margin below the measured default run (the README's reward-model section): train
+Thresholds leave margin below the measured default run (benchmarks/README.md, "Reward model"): train
 accuracy over the first / last 10 steps 0.606 / 0.757, loss 0.678 / 0.480; held-out pair accuracy 0.663
 (chance 0.5). Subprocess timeouts are generous: the run takes ~30 s on an idle 2-core machine, minutes on
 a loaded one.
