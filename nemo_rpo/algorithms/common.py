@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -104,21 +103,13 @@ def microbatches(
     ]
 
 
-def table_lookup(
-    table: torch.Tensor | None, step: int | None = None
-) -> Callable[[PreferenceBatch], torch.Tensor | None]:
-    """``ref_lookup`` for train_step: rows of a ``[N, R]`` log-prob table by each batch's ``index``.
-
-    Test hook: ``NEMO_RPO_TEST_NAN_AT=3,4`` makes the reference log-probs NaN at those (1-based) ``step``
-    values, so the loss and gradients of those steps are NaN (losses that use a reference only).
-    """
-    poisoned = step is not None and str(step) in os.environ.get("NEMO_RPO_TEST_NAN_AT", "").split(",")
+def table_lookup(table: torch.Tensor | None) -> Callable[[PreferenceBatch], torch.Tensor | None]:
+    """``ref_lookup`` for train_step: rows of a ``[N, R]`` log-prob table by each batch's ``index``."""
 
     def lookup(batch: PreferenceBatch) -> torch.Tensor | None:
         if table is None:
             return None
-        rows = table[batch.index.cpu()].to(batch.input_ids.device)
-        return torch.full_like(rows, float("nan")) if poisoned else rows
+        return table[batch.index.cpu()].to(batch.input_ids.device)
 
     return lookup
 

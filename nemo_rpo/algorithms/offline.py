@@ -93,9 +93,7 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
             examples = [dataset[i] for i in sampler.indices_for_step(step - it.start)]
             micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
                                  share_prompt=share_prompt)  # fmt: skip
-            result = train_step(
-                model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss
-            )
+            result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
             skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
             metrics = step_metrics(
                 step + 1, result.report, result.grad_norm, result.lr, time.perf_counter() - tick

@@ -110,7 +110,7 @@ def train_online(cfg: RPOConfig) -> RunSummary:
         ref_tick = time.perf_counter()
         ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
         train_tick = time.perf_counter()
-        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps, step + 1), it.loss)
+        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
         skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
         done = time.perf_counter()
         metrics = step_metrics(step + 1, result.report, result.grad_norm, result.lr, done - tick)

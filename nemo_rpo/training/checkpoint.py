@@ -29,8 +29,10 @@ Saves are synchronous. Megatron's writer reports its results through a queue ser
 a killed run); a synchronous save needs no such process, so its queue is an in-process ``queue.Queue``
 (:func:`_in_process_write_results`).
 
-Test hook: ``NEMO_RPO_TEST_KILL_AT=save:<step>`` makes rank 0 ``os._exit(137)`` while saving ``step``,
-after the temporary directory is complete and before it is renamed (what a SIGKILL there would do).
+Callbacks: every callable in :data:`BEFORE_COMMIT` runs on rank 0 as ``callback(step, path)`` once the
+checkpoint of ``step`` is complete in the temporary directory ``path``, just before it is renamed into
+place (where a crash leaves a complete but uncommitted save). The list is empty unless a caller fills it;
+``tests/functional/_faulty_train.py`` adds one that kills the run there.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import queue
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,8 @@ _EXTRA = "extra.json"
 _RNG_DIR = "rng"
 _HASHED_MAX_BYTES = 1 << 20  # files up to this size get a SHA-256 in the manifest: the index files
 _LAYOUT_KEYS = ("tp", "pp", "dp")
+# ``callback(step, tmp_path)`` on rank 0 before a complete save is renamed into place (module docstring).
+BEFORE_COMMIT: list[Callable[[int, Path], None]] = []
 # Fields that fix the parameters' shapes: a checkpoint loads only into a model that agrees on all of them.
 _SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                  "kv_channels", "gated_linear_unit", "normalization", "add_bias_linear", "add_qkv_bias")  # fmt: skip
@@ -288,12 +292,6 @@ def _remove(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _test_kill_hook(step: int) -> None:
-    """``NEMO_RPO_TEST_KILL_AT=save:<step>``: die like a SIGKILL mid-save (tests of exact resume only)."""
-    if os.environ.get("NEMO_RPO_TEST_KILL_AT") == f"save:{step}":
-        os._exit(137)
-
-
 def _in_process_write_results() -> None:
     """Give megatron's file writer an in-process results queue (our saves never run asynchronously).
 
@@ -362,7 +360,8 @@ def save_checkpoint(
         marker = {"step": step, "saved_at": time.time(), **layout, "model": _model_shape(chunks),
                   "files": _manifest(tmp)}  # fmt: skip
         _write_text_atomic(tmp / _COMPLETE, json.dumps(marker, indent=2))
-        _test_kill_hook(step)
+        for callback in BEFORE_COMMIT:
+            callback(step, tmp)
         if final.exists():  # re-saving a step: the new save replaces the old one
             _remove(final)
         os.replace(tmp, final)

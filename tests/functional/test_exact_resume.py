@@ -1,9 +1,10 @@
 """A run SIGKILLed at any moment and restarted with the same command repeats the uninterrupted run bitwise.
 
 The interrupted run is killed twice: once from outside at a moment picked by polling metrics.jsonl
-(wherever the process happens to be: mid-step, mid-log or mid-save), once by the checkpoint test hook
-``NEMO_RPO_TEST_KILL_AT=save:<step>`` after the temporary checkpoint directory is written and before it
-is renamed. Every logged step must then equal the uninterrupted run's with ``==`` (CPU is deterministic).
+(wherever the process happens to be: mid-step, mid-log or mid-save), once by the test-only launcher
+``_faulty_train.py --kill-at-save <step>`` (a checkpoint callback) after the temporary checkpoint
+directory is written and before it is renamed. Every logged step must then equal the uninterrupted
+run's with ``==`` (CPU is deterministic).
 """
 
 import json
@@ -25,21 +26,25 @@ TOY = ["mode=online", "reward.judge=toy_judges:vowel_fraction", "online.sft_warm
        "generation.max_new_tokens=8"]  # fmt: skip
 
 
-def _command(exp_dir: Path, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "nemo_rpo.train", f"exp_dir={exp_dir}", *args]
+def _command(exp_dir: Path, args: list[str], kill_at_save: int | None = None) -> list[str]:
+    """``python -m nemo_rpo.train``, or the test launcher that dies while saving step ``kill_at_save``."""
+    entry = ["-m", "nemo_rpo.train"]
+    if kill_at_save is not None:
+        entry = [str(HERE / "_faulty_train.py"), "--kill-at-save", str(kill_at_save)]
+    return [sys.executable, *entry, f"exp_dir={exp_dir}", *args]
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     path = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"  # the toy judge
-    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": path, **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": path}
 
 
-def _run(exp_dir: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+def _run(exp_dir: Path, args: list[str], kill_at_save: int | None = None) -> subprocess.CompletedProcess:
     """Run to the end in its own session; whatever it leaves behind is then killed with it (see below)."""
     out, err = exp_dir.parent / f"{exp_dir.name}.out", exp_dir.parent / f"{exp_dir.name}.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(_command(exp_dir, args), stdout=stdout, stderr=stderr, text=True,
-                                env=_env(**env), start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(_command(exp_dir, args, kill_at_save), stdout=stdout, stderr=stderr, text=True,
+                                env=_env(), start_new_session=True)  # fmt: skip
     try:
         proc.wait(timeout=600)
     finally:
@@ -114,7 +119,7 @@ def test_offline_sigkill_anywhere_resumes_bitwise(tmp_path):
     assert _run(full, args).returncode == 0
 
     _kill_after_step(cut, args, 3)  # checkpoint 2 is the newest complete one (or 4, if saved by then)
-    proc = _run(cut, args, NEMO_RPO_TEST_KILL_AT="save:6")
+    proc = _run(cut, args, kill_at_save=6)
     assert proc.returncode == 137, proc.stderr[-3000:]
     assert (cut / "checkpoints" / ".tmp_step_00000006" / "COMPLETE").is_file()  # written, never renamed
     assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"

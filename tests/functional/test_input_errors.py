@@ -197,10 +197,11 @@ def test_finished_run_is_complete_and_a_longer_one_keeps_or_recomputes_the_sched
     assert lrs[:3] == [0.0, 3e-3, 0.0] and lrs[3:] == pytest.approx(cosine)
 
 
-def test_nan_steps_are_skipped_then_stop_the_run(tmp_path, capsys, monkeypatch):
-    """A NaN loss (test hook) skips the update and is counted; one too many stops before the next save."""
+def test_nan_steps_are_skipped_then_stop_the_run(tmp_path, capsys, nan_reference_at):
+    """A NaN loss (the nan_reference_at fixture) skips the update and is counted; one too many stops
+    before the next save."""
     exp = tmp_path / "run"
-    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "2")
+    nan_reference_at(2)
     assert _main(capsys, f"exp_dir={exp}", "trainer.max_steps=3", *SMALL)[0] == 0
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
@@ -208,7 +209,7 @@ def test_nan_steps_are_skipped_then_stop_the_run(tmp_path, capsys, monkeypatch):
     assert rows[2]["loss"] is not None and rows[2]["grad_norm"] is not None
 
     exp = tmp_path / "stop"
-    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "3,4")
+    nan_reference_at(3, 4)
     code, out, err = _main(
         capsys, f"exp_dir={exp}", "trainer.max_steps=6", "trainer.max_skipped_steps=1", *SMALL
     )

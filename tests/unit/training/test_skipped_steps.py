@@ -43,13 +43,18 @@ def test_all_finite_sees_every_nan_and_infinity(dtype):
             assert torch.isfinite(poisoned).all().item() is False  # the reference answer agrees
 
 
-def test_test_hook_poisons_only_the_named_steps(monkeypatch):
-    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "3,5")
-    table = torch.zeros(4, 2)
+def test_nan_reference_fixture_poisons_only_the_named_steps(monkeypatch, nan_reference_at):
+    from nemo_rpo.algorithms import offline
+
+    seen = []
+    monkeypatch.setattr(offline, "train_step", lambda *args: seen.append(args[4](batch)))
+    nan_reference_at(3, 5)
+    table = torch.arange(8.0).view(4, 2)
     batch = type("B", (), {"index": torch.tensor([1, 2]), "input_ids": torch.zeros(2, 3)})()
-    assert torch.isnan(table_lookup(table, 3)(batch)).all()
-    assert not torch.isnan(table_lookup(table, 4)(batch)).any()
-    assert not torch.isnan(table_lookup(table)(batch)).any()
+    for _ in range(6):
+        offline.train_step(None, None, None, [], table_lookup(table), None)
+    assert [bool(torch.isnan(rows).all()) for rows in seen] == [False, False, True, False, True, False]
+    assert torch.equal(seen[0], table[1:3])  # the table's rows by each batch's index
 
 
 def test_metrics_truncation_drops_a_torn_last_line(tmp_path):
@@ -60,7 +65,7 @@ def test_metrics_truncation_drops_a_torn_last_line(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(lines[:2]) + "\n"
 
 
-def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1, monkeypatch):
+def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1):
     """Megatron's fp32 optimizer would apply a NaN update (it checks nothing without a loss scaler)."""
     from nemo_rpo.training.builder import build_policy
 
@@ -76,14 +81,14 @@ def test_a_non_finite_step_changes_no_parameter_or_optimizer_state(world1, monke
         return params, json.dumps(optimizer.state_dict()["param_groups"], default=str), scheduler.num_steps
 
     before = snapshot()
-    monkeypatch.setenv("NEMO_RPO_TEST_NAN_AT", "1")
-    result = train_step(model, optimizer, scheduler, micro, table_lookup(ref, 1), cfg.loss)
+    nan_ref = lambda batch: torch.full((batch.index.numel(), 4), float("nan"))  # noqa: E731 - a NaN loss
+    result = train_step(model, optimizer, scheduler, micro, nan_ref, cfg.loss)
     assert result.non_finite and result.skipped
     after = snapshot()
     assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and before[1:] == after[1:]
     assert not optimizer.state_dict()["state"]  # Adam never stepped
 
-    result = train_step(model, optimizer, scheduler, micro, table_lookup(ref, 2), cfg.loss)
+    result = train_step(model, optimizer, scheduler, micro, table_lookup(ref), cfg.loss)
     assert not result.non_finite and not result.skipped
     assert not all(torch.equal(a, b) for a, b in zip(before[0], snapshot()[0]))
 
