@@ -38,6 +38,7 @@ from nemo_rpo.algorithms.common import (
     staged_jsonl,
     table_lookup,
 )  # fmt: skip
+from nemo_rpo.algorithms.judge_eval import embedded_task, held_out_prompts, judge_reward, report_judge
 from nemo_rpo.algorithms.rollout import rollout
 from nemo_rpo.config.schema import RPOConfig
 from nemo_rpo.data.errors import DataError
@@ -77,6 +78,8 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     _save_run_files(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
     logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
                            tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
+    held_out = held_out_prompts(cfg, tokenizer) if embedded_task(cfg) else None
+    judged = {start: judge_reward(cfg, model, tokenizer, held_out)} if held_out else {}
     progress = progress_bar(cfg, info, start)
     share_prompt = shares_prompt(cfg.model)
     first = last = None
@@ -114,6 +117,9 @@ def train_offline(cfg: RPOConfig) -> RunSummary:
     logger.close()
     if progress is not None:
         progress.close()
+    if held_out:
+        judged[cfg.trainer.max_steps] = judge_reward(cfg, model, tokenizer, held_out)
+        report_judge(judged, info, cfg.exp_dir)
     return RunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
 
 

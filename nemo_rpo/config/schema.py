@@ -341,14 +341,17 @@ class ScheduleConfig:
 class OnlineConfig:
     """Online RPO (Alg. 2): each step samples ``trainer.global_batch_size`` prompts and K responses each."""
 
-    # SFT steps on the prompt set's best responses before online training; None = 40 for the embedded
+    # SFT steps on the prompt set's best responses before online training; None = 400 for the embedded
     # synthetic task (a tiny model starts from random weights) and 0 otherwise (start from your SFT model)
     sft_warmup_steps: Optional[int] = None
+    # learning rate of those SFT steps (constant); None = 3e-3 for the embedded task, else optim.lr
+    sft_warmup_lr: Optional[float] = None
     reference_on_cpu: bool = False  # keep the frozen reference in CPU memory between uses (GPU memory)
 
     def __post_init__(self) -> None:
         _check(self.sft_warmup_steps is None or self.sft_warmup_steps >= 0, "online.sft_warmup_steps",
                "must be >= 0")  # fmt: skip
+        _check(self.sft_warmup_lr is None or self.sft_warmup_lr > 0, "online.sft_warmup_lr", "must be > 0")
 
 
 @dataclass

@@ -37,7 +37,9 @@ def _metrics(exp_dir: Path) -> list[dict]:
 def test_online_raises_the_judges_reward(tmp_path):
     """Alg. 2 with rpo_bwd, K=4, from random weights: the toy judge's mean reward climbs."""
     exp = tmp_path / "online"
+    # From random weights (no warm-up) the offline learning rate and its cosine schedule, not mode=online's.
     _train("mode=online", f"exp_dir={exp}", "trainer.max_steps=30", "trainer.global_batch_size=16", *TOY,
+           "optim.lr=3e-3", "optim.decay_style=cosine", "optim.warmup_steps=5",
            "logging.progress_bar=false", "logging.tensorboard=false")  # fmt: skip
     rows = _metrics(exp)
     assert [r["step"] for r in rows] == list(range(1, 31))
@@ -94,3 +96,15 @@ def test_offline_iterations_regenerate_data(tmp_path):
     ]
     assert len(data) > 400 and all(len(r["responses"]) == 4 == len(r["rewards"]) for r in data)
     assert (exp / "iterations" / "iter_1" / "reference_logps.pt").is_file()
+
+
+def test_online_embedded_task_reports_the_held_out_judge_reward(tmp_path):
+    """On the embedded task a run scores greedy answers to held-out prompts with the known judge, before
+    training and after, prints both and writes judge_eval.json (the learning a user can check)."""
+    exp = tmp_path / "online"
+    proc = _train("mode=online", f"exp_dir={exp}", "trainer.max_steps=3", "online.sft_warmup_steps=5", *SMALL)
+    judged = json.loads((exp / "judge_eval.json").read_text())
+    assert judged["prompts"] == 128 and judged["decoding"] == "greedy"
+    assert set(judged["reward_by_step"]) == {"0", "3"}
+    assert all(0.0 <= v <= 1.0 for v in judged["reward_by_step"].values())
+    assert "held-out judge reward (greedy, 128 prompts): step 0 " in proc.stdout

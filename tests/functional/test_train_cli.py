@@ -45,6 +45,10 @@ def test_embedded_default_learns(tmp_path):
     assert (exp / "checkpoints" / "latest").is_file()
     assert (exp / "curves.png").stat().st_size > 10_000
     assert "step    40/40" in proc.stdout
+    # The known judge scores greedy answers to held-out prompts before and after (measured: 0.000 -> 0.168).
+    judged = json.loads((exp / "judge_eval.json").read_text())["reward_by_step"]
+    assert set(judged) == {"0", "40"} and judged["40"] > judged["0"] + 0.05, judged
+    assert "held-out judge reward (greedy, 128 prompts): step 0 " in proc.stdout
 
 
 def test_rerun_resumes_and_matches_uninterrupted(tmp_path):

@@ -12,7 +12,8 @@ from nemo_rpo.losses import LOSSES
 
 CONF = pathlib.Path(conf_dir())
 GROUPS = {
-    group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("loss", "model", "experiment")
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("loss", "model", "experiment", "mode")
 }
 
 
@@ -69,7 +70,6 @@ def test_nemo_aligner_alias():
         ("loss=rpo_sq k=4", "use loss=rpo_sqloo"),
         ("loss.name=sigmoid", "unknown loss 'sigmoid'"),
         ("trainer.max_steps=abc", "trainer.max_steps"),
-        ("mode=offpolicy", "mode: unsupported mode 'offpolicy'"),
         ("schedule.iterations=2 schedule.beta=[0.1]", "schedule.beta: needs one value per iteration"),
         (
             "schedule.iterations=2 schedule.steps=[10,20]",
@@ -120,7 +120,7 @@ def test_added_keys_the_schema_lacks_are_errors(override):
         load_config([override])
 
 
-@pytest.mark.parametrize("group", ["loss", "model", "experiment"])
+@pytest.mark.parametrize("group", ["loss", "model", "experiment", "mode"])
 def test_a_missing_group_choice_lists_the_choices(group):
     from nemo_rpo.config.store import compose_config, describe_error
 
@@ -134,3 +134,15 @@ def test_a_missing_group_choice_lists_the_choices(group):
 def test_schema_checks_are_config_errors():
     with pytest.raises(ConfigError):
         RPOConfig(k=0)
+
+
+def test_mode_presets_set_the_online_defaults():
+    """``mode=online`` selects conf/mode/online.yaml (smaller constant lr, longer warmup, 200 steps);
+    the command line still overrides it, and the schema's own check still refuses an unknown mode."""
+    offline, online = load_config([]), load_config(["mode=online"])
+    assert (offline.mode, offline.optim.lr, offline.optim.decay_style) == ("offline", 3e-3, "cosine")
+    assert (online.mode, online.optim.lr, online.optim.warmup_steps, online.optim.decay_style,
+            online.trainer.max_steps) == ("online", 5e-4, 40, "constant", 200)  # fmt: skip
+    assert load_config(["mode=online", "optim.lr=1e-3"]).optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="^mode: unsupported mode 'offpolicy'"):
+        RPOConfig(mode="offpolicy")
