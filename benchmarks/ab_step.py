@@ -77,7 +77,7 @@ def _toggles(change: str, state: dict):
         def set_forward(fn):
             return lambda: setattr(MLP, "forward", fn)
 
-        return set_forward(mlp._MEGATRON_FORWARD), set_forward(mlp._forward)
+        return set_forward(mlp._MEGATRON_FORWARD), set_forward(mlp.forward)
     if change == "finite-check":
         from nemo_rpo.training import step
 

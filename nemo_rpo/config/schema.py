@@ -100,6 +100,9 @@ class ModelConfig:
     fp8_recipe: str = "delayed"  # delayed | tensorwise | mxfp8 | blockwise
     recompute_granularity: Optional[str] = None  # None | full | selective
     core_attention: str = "sdpa"  # local spec only: sdpa (fused torch kernel) | megatron (unfused)
+    # SwiGLU and RoPE through nemo-rpo's autograd functions (the same numbers, fewer copies; CPU and GPU):
+    # the fast_paths patches of nemo_rpo.patches; false = megatron's own code for this model.
+    fast_paths: bool = True
     # Compute each prompt once for its K responses (packed micro-batches; same numbers): null = wherever
     # the model supports it (local spec with sdpa core attention), true = required, false = never.
     share_prompt: Optional[bool] = None

@@ -31,8 +31,10 @@ module rewrites those assumptions at run time, in one place, and only when there
 
 None of this changes numerics; dropout masks come from the CPU generator, so they differ from a GPU run.
 :func:`install_cpu_support` is idempotent and does nothing at all when ``torch.cuda.is_available()``:
-on a GPU machine megatron runs unmodified. The TP/PP/DP equality tests in ``tests/distributed`` are the
-tests of this module.
+on a GPU machine megatron runs unmodified. Every replacement of a torch or megatron attribute above is a
+patch of :mod:`nemo_rpo.patches` (scopes ``cpu_import`` and ``cpu``: the target, the signature it expects,
+why); this module holds the code they install and applies them. The TP/PP/DP equality tests in
+``tests/distributed`` are the tests of this module.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+
+from nemo_rpo import patches
 
 __all__ = [
     "filter_noisy_warnings",
@@ -97,7 +101,7 @@ def prepare_megatron_import() -> None:
     filter_noisy_warnings()
     if _COMPILE_DEFERRED or torch.cuda.is_available():
         return
-    torch.compile = _deferred_compile(torch.compile)
+    patches.install("cpu_import")  # torch.compile -> _deferred_compile
     _COMPILE_DEFERRED = True
 
 
@@ -205,14 +209,7 @@ def _with_mode(fn):  # noqa: ANN001, ANN202 - a decorator over arbitrary callabl
         with _mode_active():
             return fn(*args, **kwargs)
 
-    wrapper._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
     return wrapper
-
-
-def _wrap_method(owner: type, name: str) -> None:
-    original = getattr(owner, name)
-    if not getattr(original, "_nemo_rpo_cpu_wrapped", False):
-        setattr(owner, name, _with_mode(original))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,94 +241,8 @@ class _CpuEvent:
         return (end_event._time - self._time) * 1000.0
 
 
-def _patch_torch_cuda() -> None:
-    torch.cuda.current_device = lambda: 0
-    torch.cuda.synchronize = lambda device=None: None
-    torch.cuda.empty_cache = lambda: None
-    torch.cuda.Event = _CpuEvent  # type: ignore[misc, assignment]
-
-
-# --------------------------------------------------------------------------------------------------
-# 3. Megatron's RNG tracker on the CPU generator
-# --------------------------------------------------------------------------------------------------
-
-
-def _patch_rng_tracker() -> None:
-    from megatron.core.tensor_parallel import random as mp_random
-
-    def get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
-        return torch.get_rng_state()  # already a copy
-
-    def set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
-        torch.set_rng_state(new_state)
-
-    def add(self, name: str, seed: int) -> None:
-        self._is_initialized = True
-        if seed in self.seeds_:
-            raise Exception(f"seed {seed} already exists")
-        self.seeds_.add(seed)
-        if name in self.states_:
-            raise Exception(f"rng state {name} already exists")
-        orig = torch.get_rng_state()
-        torch.manual_seed(seed)
-        self.states_[name] = torch.get_rng_state()
-        torch.set_rng_state(orig)
-
-    @contextlib.contextmanager
-    def fork(self, name: str = mp_random._MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
-        # Megatron's fork also warns when the CPU state changes inside the fork; on CPU the tracked
-        # state *is* the CPU state, so that warning would fire on every dropout. Same logic otherwise.
-        if name not in self.states_:
-            raise Exception(f"rng state {name} is not added")
-        orig_state = torch.get_rng_state()
-        orig_name = self._current_state_name
-        if orig_name != "default-rng":
-            self.states_[orig_name] = orig_state
-        torch.set_rng_state(self.states_[name])
-        self._current_state_name = name
-        try:
-            yield
-        finally:
-            self.states_[name] = torch.get_rng_state()
-            if orig_name != "default-rng":
-                orig_state = self.states_[orig_name]
-            torch.set_rng_state(orig_state)
-            self._current_state_name = orig_name
-
-    mp_random._get_cuda_rng_state = get_rng_state
-    mp_random._set_cuda_rng_state = set_rng_state
-    mp_random.CudaRNGStatesTracker.add = add
-    mp_random.CudaRNGStatesTracker.fork = fork
-    mp_random.initialize_rng_tracker(force_reset=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# 4. Inference sampling generator
-# --------------------------------------------------------------------------------------------------
-
-
-def _patch_inference() -> None:
-    from megatron.core.inference.text_generation_controllers import text_generation_controller as tgc
-
-    controller = tgc.TextGenerationController
-    original_init = controller.__init__
-    if getattr(original_init, "_nemo_rpo_cpu_wrapped", False):
-        return
-
-    @functools.wraps(original_init)
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # torch.Generator(device=torch.cuda.current_device()) is not a torch function call, so the mode
-        # cannot rewrite it; report the CPU as the current device while the controller is built.
-        current_device = torch.cuda.current_device
-        torch.cuda.current_device = lambda: "cpu"
-        try:
-            with _mode_active():
-                original_init(self, *args, **kwargs)
-        finally:
-            torch.cuda.current_device = current_device
-
-    __init__._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
-    controller.__init__ = __init__
+# 3. (RNG tracker) and 4. (inference generator) are replacements of megatron functions with nothing of
+# ours to call: they live whole in nemo_rpo.patches (cpu.*_rng_state, cpu.rng_tracker_*, cpu.inference_generator).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,28 +341,6 @@ class _CpuLinear(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None
 
 
-def _patch_linear() -> None:
-    from megatron.core.tensor_parallel import layers
-
-    original = layers.linear_with_grad_accumulation_and_async_allreduce
-    if getattr(original, "_nemo_rpo_cpu_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,  # noqa: ANN001, ANN202
-               grad_output_buffer=None, wgrad_deferral_limit=0, async_grad_allreduce=None, tp_group=None):  # fmt: skip
-        if gradient_accumulation_fusion or sequence_parallel or grad_output_buffer is not None:
-            return original(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,
-                            grad_output_buffer, wgrad_deferral_limit, async_grad_allreduce, tp_group)  # fmt: skip
-        if async_grad_allreduce is not None:
-            allreduce_dgrad = async_grad_allreduce
-        tp_group = layers.get_tensor_model_parallel_group_if_none(tp_group)
-        return _CpuLinear.apply(input, weight, bias, allreduce_dgrad, tp_group)
-
-    linear._nemo_rpo_cpu_wrapped = True  # type: ignore[attr-defined]
-    layers.linear_with_grad_accumulation_and_async_allreduce = linear
-
-
 # --------------------------------------------------------------------------------------------------
 # 6. Allocator (trainer.keep_freed_memory, applied by launch.configure_cpu)
 # --------------------------------------------------------------------------------------------------
@@ -502,18 +391,9 @@ def install_cpu_support() -> None:
     filter_noisy_warnings()
     # Advice about a CUDA driver setting; meaningless without a GPU.
     warnings.filterwarnings("ignore", message=r".*CUDA_DEVICE_MAX_CONNECTIONS")
-    _patch_torch_cuda()
+    patches.install("cpu")
+    from megatron.core.tensor_parallel import random as mp_random
 
-    from torch.autograd.function import BackwardCFunction
-
-    _wrap_method(BackwardCFunction, "apply")
-    _wrap_method(BackwardCFunction, "apply_boxed")
-
-    from megatron.core.tensor_parallel.random import CheckpointWithoutOutput
-
-    _wrap_method(CheckpointWithoutOutput, "_recompute")
-    _patch_rng_tracker()
-    _patch_inference()
-    _patch_linear()
+    mp_random.initialize_rng_tracker(force_reset=True)  # its states, now on the CPU generator
     _MODE.__enter__()  # stays on for the life of the process
     _INSTALLED = True

@@ -20,12 +20,11 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from nemo_rpo import patches
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
 from nemo_rpo.models.logps import vocab_parallel_nll
-from nemo_rpo.models.mlp import install_swiglu
-from nemo_rpo.models.rope import install_rope
 from nemo_rpo.models.shared_prompt import is_layout, to_sequences
 
 __all__ = [
@@ -186,12 +185,13 @@ def shares_prompt(model: ModelConfig) -> bool:
 def layer_spec(model: ModelConfig) -> ModuleSpec:
     """The transformer-layer ``ModuleSpec``: Transformer Engine's or megatron's local (pure torch) one.
 
-    Also points megatron's attention at :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` and its MLP's
-    SwiGLU at :func:`~nemo_rpo.models.mlp.install_swiglu`'s autograd function (same numbers, fewer
-    copies), process-wide, so every model built from this spec (policy and reward model) runs them.
+    With ``model.fast_paths`` it installs the ``fast_paths`` patches (:mod:`nemo_rpo.patches`): megatron's
+    attention calls :func:`~nemo_rpo.models.rope.apply_rotary_pos_emb` and its MLP
+    :func:`~nemo_rpo.models.mlp.forward` (same numbers, fewer copies), taken by every model whose
+    ``TransformerConfig`` has them on (:func:`build_transformer_config`); the others run megatron's code.
     """
-    install_rope()
-    install_swiglu()
+    if model.fast_paths:
+        patches.install("fast_paths")
     if uses_transformer_engine(model):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -212,7 +212,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Tr
 
     Fused kernels that need apex/TE stay off (``gradient_accumulation_fusion``, bias/softmax fusions);
     ``cuda_graph_scope=[]`` avoids a deprecation path. Megatron's own initialisation depends on the
-    layout; :func:`build_gpt_model` can redo it layout-independently (``init_seed``).
+    layout; :func:`build_gpt_model` can redo it layout-independently (``init_seed``). ``model.fast_paths``
+    is recorded on the config (:func:`nemo_rpo.patches.set_fast_paths`) for the patched SwiGLU and RoPE.
     """
     dtype = _DTYPES[model.precision]
     swiglu = model.activation == "swiglu"
@@ -229,7 +230,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Tr
     fp8 = {}
     if model.fp8 is not None:
         fp8 = {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe}
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
@@ -262,6 +263,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Tr
         **recompute,
         **fp8,
     )
+    patches.set_fast_paths(config, model.fast_paths)
+    return config
 
 
 def build_gpt_model(

@@ -1,4 +1,4 @@
-"""SwiGLU in megatron's ``MLP`` as one autograd function (:func:`install_swiglu`, process-wide).
+"""SwiGLU in megatron's ``MLP`` as one autograd function (the ``fast_paths.swiglu`` patch).
 
 With ``bias_activation_fusion=False`` (the local spec's setting: the fused kernel is a ``torch.compile``
 function) megatron computes ``silu(x_glu) * (x_linear + glu_linear_offset)`` through autograd: the
@@ -7,9 +7,11 @@ gradients into a new tensor. :class:`_SwiGLU` keeps the same ATen kernels (``sil
 ``silu_backward``) but writes both halves of the input gradient straight into one buffer and skips the
 copy, so values and gradients are bit-identical (tests/unit/models/test_fast_paths.py). Any other
 setting (another activation, clamping, a non-zero offset, per-token scales, TE activations, the fused
-path) goes to megatron's forward unchanged. Like :func:`~nemo_rpo.models.rope.install_rope`, this
-replaces a megatron function in place rather than subclassing ``MLP``: megatron's ``TransformerLayer``
-passes the TP group only to a spec whose module is ``MLP`` itself.
+path) goes to megatron's forward unchanged, and so does every model whose ``TransformerConfig`` has the
+fast paths off (``model.fast_paths=false``). Like :mod:`~nemo_rpo.models.rope`, :func:`forward` replaces
+megatron's ``MLP.forward`` in place (installed by :func:`~nemo_rpo.models.gpt.layer_spec` through
+:mod:`nemo_rpo.patches`) rather than subclassing ``MLP``: megatron's ``TransformerLayer`` passes the TP
+group only to a spec whose module is ``MLP`` itself.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.mlp import MLP
 
-__all__ = ["install_swiglu"]
+from nemo_rpo.patches import fast_paths_enabled
+
+__all__ = ["forward"]
 
 _MEGATRON_FORWARD = MLP.forward
 
@@ -47,7 +51,8 @@ class _SwiGLU(torch.autograd.Function):
 def _plain_swiglu(mlp: MLP, per_token_scale: torch.Tensor | None) -> bool:
     c = mlp.config
     return (
-        c.gated_linear_unit
+        fast_paths_enabled(c)
+        and c.gated_linear_unit
         and c.activation_func is F.silu
         and mlp.activation_func is F.silu
         and not c.bias_activation_fusion
@@ -58,7 +63,7 @@ def _plain_swiglu(mlp: MLP, per_token_scale: torch.Tensor | None) -> bool:
     )
 
 
-def _forward(self: MLP, hidden_states: torch.Tensor, per_token_scale: torch.Tensor | None = None, **kwargs):
+def forward(self: MLP, hidden_states: torch.Tensor, per_token_scale: torch.Tensor | None = None, **kwargs):
     """``MLP.forward`` with the plain SwiGLU case through :class:`_SwiGLU`; megatron's otherwise."""
     if not _plain_swiglu(self, per_token_scale):
         return _MEGATRON_FORWARD(self, hidden_states, per_token_scale, **kwargs)
@@ -66,8 +71,3 @@ def _forward(self: MLP, hidden_states: torch.Tensor, per_token_scale: torch.Tens
     if bias is not None:
         intermediate = intermediate + bias
     return self.linear_fc2(_SwiGLU.apply(intermediate))
-
-
-def install_swiglu() -> None:
-    """Make megatron's ``MLP`` run plain SwiGLU through :class:`_SwiGLU` (idempotent, process-wide)."""
-    MLP.forward = _forward

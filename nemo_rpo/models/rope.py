@@ -11,9 +11,10 @@ of the output directly::
 
 and the backward (the transpose of that 2x2 rotation) has the same form. :func:`apply_rotary_pos_emb`
 has megatron's signature; the cases it does not cover (packed sequences, interleaved or multi-latent
-RoPE, TE's fused kernel, a differentiable ``freqs``) go to megatron's own function.
-:func:`install_rope` points megatron's attention module at it; it is pure torch, so it runs on CPU and
-GPU alike.
+RoPE, TE's fused kernel, a differentiable ``freqs``) and models with the fast paths off
+(``model.fast_paths=false``) go to megatron's own function. The ``fast_paths.rope`` patch of
+:mod:`nemo_rpo.patches` (installed by :func:`~nemo_rpo.models.gpt.layer_spec`) points megatron's attention
+module at it; it is pure torch, so it runs on CPU and GPU alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import torch
 from megatron.core.models.common.embeddings import rope_utils
 
-__all__ = ["apply_rotary_pos_emb", "install_rope", "rotate"]
+from nemo_rpo.patches import fast_paths_enabled
+
+__all__ = ["apply_rotary_pos_emb", "rotate"]
 
 _MEGATRON_APPLY = rope_utils.apply_rotary_pos_emb
 
@@ -76,7 +79,8 @@ def rotate(t: torch.Tensor, freqs: torch.Tensor, mscale: float = 1.0) -> torch.T
 def apply_rotary_pos_emb(t, freqs, config, cu_seqlens=None, mscale: float = 1.0, cp_group=None):  # noqa: ANN001, ANN201
     """Drop-in for megatron's ``rope_utils.apply_rotary_pos_emb``: :func:`rotate` where it applies."""
     if (
-        config.apply_rope_fusion
+        not fast_paths_enabled(config)
+        or config.apply_rope_fusion
         or cu_seqlens is not None
         or config.rotary_interleaved
         or config.multi_latent_attention
@@ -86,10 +90,3 @@ def apply_rotary_pos_emb(t, freqs, config, cu_seqlens=None, mscale: float = 1.0,
     ):
         return _MEGATRON_APPLY(t, freqs, config, cu_seqlens=cu_seqlens, mscale=mscale, cp_group=cp_group)
     return rotate(t, freqs, mscale)
-
-
-def install_rope() -> None:
-    """Make megatron's attention layers call :func:`apply_rotary_pos_emb` (idempotent, process-wide)."""
-    from megatron.core.transformer import attention
-
-    attention.apply_rotary_pos_emb = apply_rotary_pos_emb

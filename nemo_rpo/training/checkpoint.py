@@ -27,7 +27,7 @@ only into the same layout (per-rank streams do not map across).
 Saves are synchronous. Megatron's writer reports its results through a queue served by a
 ``multiprocessing`` manager started with ``spawn`` (~4 s per process, and a helper process that outlives
 a killed run); a synchronous save needs no such process, so its queue is an in-process ``queue.Queue``
-(:func:`_in_process_write_results`).
+(the ``checkpoint.results_queue`` patch of :mod:`nemo_rpo.patches`).
 
 Callbacks: every callable in :data:`BEFORE_COMMIT` runs on rank 0 as ``callback(step, path)`` once the
 checkpoint of ``step`` is complete in the temporary directory ``path``, just before it is renamed into
@@ -41,7 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import random
 import shutil
 import time
@@ -56,6 +55,7 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.utils import unwrap_model
 
+from nemo_rpo import patches
 from nemo_rpo.data.errors import DataError
 
 __all__ = [
@@ -292,19 +292,6 @@ def _remove(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _in_process_write_results() -> None:
-    """Give megatron's file writer an in-process results queue (our saves never run asynchronously).
-
-    ``FileSystemWriterAsync`` collects the results of its writer processes in the calling process and
-    hands them over through a module-level queue, created on first use as a spawn-context manager
-    queue for the case where the whole write runs in a background process (``async_save``).
-    """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = queue.Queue()
-
-
 def save_checkpoint(
     exp_dir: str | os.PathLike,
     step: int,
@@ -347,7 +334,7 @@ def save_checkpoint(
     state = _sharded_state(model, optimizer, is_loading=False)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
-    _in_process_write_results()
+    patches.install("checkpoint")  # megatron's writer reports through an in-process queue
     dist_checkpointing.save(state, str(tmp))
 
     (tmp / _RNG_DIR).mkdir(exist_ok=True)

@@ -8,9 +8,10 @@ Per training step the caller does (Megatron-LM's ``train_step``)::
     ok, grad_norm, _ = optimizer.step()                 # clip, Adam, copy main -> model params
     if ok: scheduler.step(increment=1)
 
-This file also carries three narrow patches for megatron-core 0.16.1's ``DistributedOptimizer`` when it
-falls back to ``torch.optim.AdamW`` (no apex / Transformer Engine): without them a checkpoint cannot be
-loaded into it, and a resumed run uses the wrong Adam step. See :func:`_patch_distributed_optimizer`.
+With ``parallel.use_distributed_optimizer`` it installs the ``distributed_optimizer`` patches of
+:mod:`nemo_rpo.patches`: three fixes of megatron-core 0.16.1's ``DistributedOptimizer`` when it falls back
+to ``torch.optim.AdamW`` (no apex / Transformer Engine), without which a checkpoint cannot be loaded into
+it and a resumed run uses the wrong Adam step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import get_model_config
 
+from nemo_rpo import patches
 from nemo_rpo.config.schema import ConfigError, OptimConfig, ParallelConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "schedule_change", "wrap_ddp"]
@@ -178,7 +180,7 @@ def build_optimizer(
                 "parallel.use_distributed_optimizer: differs from the DDP wrapper; wrap with wrap_ddp"
             )
     if parallel.use_distributed_optimizer:
-        _patch_distributed_optimizer()
+        patches.install("distributed_optimizer")
     opt_config = OptimizerConfig(
         optimizer="adam",
         lr=optim.lr,
@@ -218,77 +220,3 @@ def _use_fused_cpu_adam(optimizer: MegatronOptimizer) -> None:
         for group in inner.param_groups:
             if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in group["params"]):
                 group["fused"], group["foreach"] = True, False
-
-
-# --------------------------------------------------------------------------------------------------
-# DistributedOptimizer fixes (megatron-core 0.16.1, torch AdamW fallback only)
-# --------------------------------------------------------------------------------------------------
-
-_PATCHED = False
-
-
-def _patch_distributed_optimizer() -> None:
-    """Fix three bugs of ``DistributedOptimizer`` with ``torch.optim.AdamW`` (``HAVE_APEX_OR_TE`` false).
-
-    torch's Adam keeps a per-parameter ``step`` tensor in its state; megatron stores one ``step`` in the
-    param groups instead and converts back and forth, with three mistakes:
-
-    1. ``state_dict()`` asserts exactly one distinct ``step`` over the inner optimizer's state; before
-       the first ``step()`` that state is empty, so ``sharded_state_dict(is_loading=True)`` — hence
-       every checkpoint load into a fresh optimizer — fails. Fixed: an empty state reports step 0.
-    2. ``_set_main_param_and_optimizer_states`` copies into every key of the Adam state, ``step``
-       included, but checkpoint tensors never hold ``step`` -> ``KeyError: 'step'``. Fixed: skip ``step``
-       (it is restored from the param groups by ``load_state_dict``).
-    3. ``load_state_dict()`` gives every parameter the *same* ``step`` tensor; torch's Adam increments
-       it in place once per parameter, so bias correction after a resume is wrong (step 28 for 3).
-       Fixed: each parameter gets its own copy.
-
-    With apex or Transformer Engine megatron uses FusedAdam, which keeps ``step`` in the param groups;
-    nothing is patched then.
-    """
-    global _PATCHED
-    from megatron.core.optimizer import distrib_optimizer
-
-    if _PATCHED or distrib_optimizer.HAVE_APEX_OR_TE:
-        return
-    cls = distrib_optimizer.DistributedOptimizer
-    original_state_dict = cls.state_dict
-    original_set_states = cls._set_main_param_and_optimizer_states
-    original_load_state_dict = cls.load_state_dict
-
-    def state_dict(self: distrib_optimizer.DistributedOptimizer) -> dict:
-        if len(self.optimizer.state) > 0:
-            return original_state_dict(self)
-        inner = self.optimizer.state_dict()  # param groups are fresh dicts; safe to edit
-        groups = inner["param_groups"]
-        for group in groups:
-            del group["params"]
-            group["step"] = 0
-        result = {"optimizer": {k: v for k, v in inner.items() if k != "state"}}
-        if self.grad_scaler:
-            result["grad_scaler"] = self.grad_scaler.state_dict()
-        return result
-
-    def set_main_param_and_optimizer_states(
-        self: distrib_optimizer.DistributedOptimizer, model_param: torch.nn.Parameter, tensors: dict
-    ) -> None:
-        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            return original_set_states(self, model_param, tensors)
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-        state = self.optimizer.state[main_param]
-        destinations = {"param": main_param, **{k: v for k, v in state.items() if k != "step"}}
-        for key, destination in destinations.items():
-            destination.copy_(tensors[key])
-        return None
-
-    def load_state_dict(self: distrib_optimizer.DistributedOptimizer, state_dict: dict) -> None:
-        original_load_state_dict(self, state_dict)
-        for state in self.optimizer.state.values():
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].clone()
-
-    cls.state_dict = state_dict
-    cls._set_main_param_and_optimizer_states = set_main_param_and_optimizer_states
-    cls.load_state_dict = load_state_dict
-    _PATCHED = True

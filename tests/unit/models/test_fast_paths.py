@@ -14,6 +14,7 @@ from megatron.core.transformer.spec_utils import build_module
 from nemo_rpo.config.schema import ParallelConfig
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models import mlp as swiglu_mlp
+from nemo_rpo.models import rope as rope_module
 from nemo_rpo.models.gpt import build_gpt_model, build_transformer_config, layer_spec
 from nemo_rpo.models.logps import token_logps, vocab_parallel_nll
 from nemo_rpo.models.rope import apply_rotary_pos_emb, rotate
@@ -149,7 +150,7 @@ def test_swiglu_mlp_is_bit_identical_to_megatron(
     autograd SwiGLU (``chunk``, ``silu``, ``* (x_linear + 0.0)``)."""
     cfg = tiny_config(transformer_impl="local", add_bias_linear=bias)
     mlp = build_module(layer_spec(cfg).submodules.mlp, config=build_transformer_config(cfg, ParallelConfig()))
-    assert type(mlp) is MLP and MLP.forward is swiglu_mlp._forward
+    assert type(mlp) is MLP and MLP.forward is swiglu_mlp.forward
     gen = torch.Generator().manual_seed(6)
     if bias:  # megatron initialises biases to 0
         for name, p in mlp.named_parameters():
@@ -182,3 +183,27 @@ def test_swiglu_mlp_leaves_other_activations_to_megatron(world1: ParallelInfo, t
     x = torch.randn(4, 2, cfg.hidden_size)
     assert not swiglu_mlp._plain_swiglu(mlp, None)
     assert torch.equal(mlp(x)[0], swiglu_mlp._MEGATRON_FORWARD(mlp, x)[0])
+
+
+def test_fast_paths_off_run_megatrons_code(world1: ParallelInfo, tiny_config, monkeypatch) -> None:
+    """``model.fast_paths=false``: even with the patches installed (by another model of the process),
+    this model's MLP and RoPE run megatron's functions, and give their numbers."""
+    on = tiny_config(transformer_impl="local")
+    layer_spec(on)  # installs the fast_paths patches for the process
+    assert attention.apply_rotary_pos_emb is apply_rotary_pos_emb and MLP.forward is swiglu_mlp.forward
+    cfg = tiny_config(transformer_impl="local", fast_paths=False)
+    config = build_transformer_config(cfg, ParallelConfig())
+    mlp = build_module(layer_spec(cfg).submodules.mlp, config=config)
+    assert not swiglu_mlp._plain_swiglu(mlp, None)
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a fast path ran with model.fast_paths=false")
+
+    monkeypatch.setattr(swiglu_mlp._SwiGLU, "apply", fail)
+    monkeypatch.setattr(rope_module._Rotate, "apply", fail)
+    x = torch.randn(4, 2, cfg.hidden_size)
+    assert torch.equal(mlp(x)[0], swiglu_mlp._MEGATRON_FORWARD(mlp, x)[0])
+    t, freqs = torch.randn(5, 2, 4, 8), _freqs(5, 8)
+    assert torch.equal(
+        apply_rotary_pos_emb(t, freqs, config), rope_utils.apply_rotary_pos_emb(t, freqs, config)
+    )
