@@ -124,6 +124,31 @@ class PolicyGPTModel(GPTModel):
         nll = super()._postprocess(hidden, input_ids, position_ids, labels[:, start:end], **kwargs)
         return F.pad(nll, (start, labels.shape[1] - end))
 
+    def mask_padded_vocab(self, vocab_size: int) -> None:
+        """Keep the vocabulary padding out of the softmax: logits of ids ``>= vocab_size`` become ``-inf``.
+
+        The embedding has :func:`padded_vocab_size` rows for an even TP split. Megatron leaves the padding
+        rows in the softmax, so the trained distribution would put mass (about 1% per token after a short
+        SFT of the byte-level model, 259 ids padded to 384) on ids that the tokenizer never produces, the
+        sampler never draws (it renormalises over the real ids) and ``mcore-to-hf`` never exports: the
+        policy trained would not be the one sampled and exported. Found by the learning reference
+        (``benchmarks/learning_reference``), which with the padding masked reproduces nemo-rpo's DPO runs
+        to float rounding. Applied to the output layer's logits, so every consumer (loss, log-probs,
+        generation) sees it; the padding rows then get no gradient.
+        """
+        if self.post_process and vocab_size < self.vocab_size:
+            self.real_vocab_size = vocab_size
+            self.output_layer.register_forward_hook(self._mask_padding_logits)
+
+    def _mask_padding_logits(self, module: torch.nn.Module, inputs, output):  # noqa: ANN001, ANN202
+        logits, bias = output
+        width = logits.shape[-1]  # the whole padded vocabulary when gathered, else this TP rank's slice
+        start = 0 if width == self.vocab_size else parallel_state.get_tensor_model_parallel_rank() * width
+        if start + width <= self.real_vocab_size:
+            return output
+        ids = torch.arange(start, start + width, device=logits.device)
+        return logits.masked_fill(ids >= self.real_vocab_size, float("-inf")), bias
+
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.config.cross_entropy_loss_fusion:
             return super().compute_language_model_loss(labels, logits)
@@ -281,7 +306,8 @@ def build_gpt_model(
 
     Returns:
         A ``PolicyGPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
-        last pipeline stage and hidden states ``[s, b, h]`` on the others.
+        last pipeline stage (``-inf`` in the padding columns: :meth:`PolicyGPTModel.mask_padded_vocab`) and
+        hidden states ``[s, b, h]`` on the others.
     """
     if parallel_state.get_tensor_model_parallel_world_size() != parallel.tp or (
         parallel_state.get_pipeline_model_parallel_world_size() != parallel.pp
@@ -303,6 +329,7 @@ def build_gpt_model(
         rotary_percent=model.rotary_percent,
         rotary_base=model.rotary_base,
     )
+    gpt.mask_padded_vocab(vocab_size)
     if torch.cuda.is_available():
         # Megatron builds its linear layers on the GPU, but torch norms (local spec) on the CPU; move
         # the whole stage, as Megatron-LM's get_model does.
