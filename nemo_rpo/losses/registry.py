@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 # The tensors a loss function may take, by keyword; which ones it gets follows from its LossSpec.
-TENSOR_INPUTS = ("policy_logps", "ref_logps", "rewards", "kl_policy_logps", "kl_ref_logps")
+TENSOR_INPUTS = ("policy_logps", "ref_logps", "rewards", "kl_policy_logps", "kl_ref_logps", "token_mask")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class LossSpec:
     optional_rewards: bool = False  # gets rewards when the data has them (``None`` otherwise)
     metric: str | None = None  # the RPO distance it configures (``sq``, ``sqloo``, ``bwd``, ``fwd``)
     aliases: tuple[str, ...] = ()  # other names for it (NeMo-Aligner's, ...)
+    # Reads per-token log-probs: ``policy_logps``/``ref_logps`` are ``[B, K, L]`` (the l-th response token,
+    # 0 past the end) with ``token_mask`` ``[B, K, L]``, instead of ``[B, K]`` sequence sums.
+    token_level: bool = False
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -46,6 +49,7 @@ class LossSpec:
             "rewards": self.needs_rewards or self.optional_rewards,
             "kl_policy_logps": self.needs_kl_pairs,
             "kl_ref_logps": self.needs_kl_pairs,
+            "token_mask": self.token_level,
         }
         return tuple(name for name in TENSOR_INPUTS if wanted[name])
 
@@ -96,9 +100,10 @@ def preference_loss(
     rewards: torch.Tensor | None = None,
     kl_policy_logps: torch.Tensor | None = None,
     kl_ref_logps: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
     **hparams: float,
 ) -> torch.Tensor:
-    """Run the loss named ``name`` (or an alias) on ``[B, K]`` inputs → ``[B]``.
+    """Run the loss named ``name`` (or an alias) on ``[B, K]`` inputs (``[B, K, L]`` if token-level) → ``[B]``.
 
     Each loss gets the tensors its :class:`LossSpec` declares and, of ``hparams``, the ones it takes;
     a keyword that no registered loss takes raises ``TypeError`` (a misspelt hyper-parameter is never
@@ -111,16 +116,19 @@ def preference_loss(
         raise TypeError(f"preference_loss: no loss takes the hyper-parameter(s) {', '.join(unknown)}")
     if spec.needs_rewards and rewards is None:
         raise ValueError(f"loss {name!r} needs explicit rewards; this data has none")
-    if spec.pairwise and policy_logps.shape[-1] != 2:
+    k = policy_logps.shape[1] if spec.token_level and policy_logps.dim() == 3 else policy_logps.shape[-1]
+    if spec.pairwise and k != 2:
         note = f"; {spec.pairwise_note}" if spec.pairwise_note else ""
-        raise ValueError(f"loss {name!r} is pairwise (K=2), got K={policy_logps.shape[-1]}{note}")
+        raise ValueError(f"loss {name!r} is pairwise (K=2), got K={k}{note}")
     if spec.uses_reference and ref_logps is None:
         raise ValueError(f"loss {name!r} needs reference log-probs")
     if spec.needs_kl_pairs and (kl_policy_logps is None or kl_ref_logps is None):
         raise ValueError(f"loss {name!r} needs log-probs of mismatched pairs (kl_policy_logps, kl_ref_logps)")
+    if spec.token_level and token_mask is None:
+        raise ValueError(f"loss {name!r} is token-level: it needs per-token log-probs and their token_mask")
     tensors = {
         "policy_logps": policy_logps, "ref_logps": ref_logps, "rewards": rewards,
-        "kl_policy_logps": kl_policy_logps, "kl_ref_logps": kl_ref_logps,
+        "kl_policy_logps": kl_policy_logps, "kl_ref_logps": kl_ref_logps, "token_mask": token_mask,
     }  # fmt: skip
     kwargs = {key: tensors[key] for key in spec.inputs}
     kwargs.update({key: hparams[key] for key in spec.hparams if key in hparams})

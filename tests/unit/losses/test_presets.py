@@ -186,7 +186,26 @@ def _direct(name, policy, ref, rewards, kl):
         "infonca": lambda: (
             -(torch.softmax(2.0 * rewards, -1) * torch.log_softmax(BETA * (policy - ref), -1)).sum(-1)
         ),
+        # The listwise losses' K=2 forms (tests/unit/losses/test_listwise.py has their K=3 examples).
+        "nca": lambda: (
+            -(
+                torch.softmax(2.0 * rewards, -1) * F.logsigmoid(BETA * (policy - ref))
+                + 0.5 * F.logsigmoid(-BETA * (policy - ref))
+            ).sum(-1)
+        ),
+        "plackett_luce": lambda: -F.logsigmoid(_winner_margin(policy, ref, rewards)),
+        "lipo_lambda": lambda: (
+            (2 ** (2.0 * rewards[:, 0]) - 2 ** (2.0 * rewards[:, 1])).abs()
+            * (1 - 1 / math.log2(3))
+            * -F.logsigmoid(_winner_margin(policy, ref, rewards))
+        ),
     }[name]()
+
+
+def _winner_margin(policy, ref, rewards):
+    """beta (log-ratio of the higher-reward response - that of the other)."""
+    sign = torch.sign(rewards[:, 0] - rewards[:, 1])
+    return sign * BETA * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
