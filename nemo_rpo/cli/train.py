@@ -25,8 +25,9 @@ def run(cfg) -> None:
     from nemo_rpo.distributed.cpu_support import prepare_megatron_import
 
     prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
-    from nemo_rpo.distributed.launch import teardown_distributed
+    from nemo_rpo.distributed.launch import print_layout, teardown_distributed
 
+    print_layout(cfg.parallel, cfg.trainer.micro_batch_size, cfg.trainer.global_batch_size)
     if cfg.mode == "online":
         from nemo_rpo.algorithms.online import train_online as train
     else:

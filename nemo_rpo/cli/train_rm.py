@@ -32,8 +32,9 @@ def run(cfg) -> None:
 
     prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
     from nemo_rpo.algorithms.reward_model import train_reward_model
-    from nemo_rpo.distributed.launch import teardown_distributed
+    from nemo_rpo.distributed.launch import print_layout, teardown_distributed
 
+    print_layout(cfg.parallel, cfg.trainer.micro_batch_size, cfg.trainer.global_batch_size)
     try:
         train_reward_model(cfg)
     finally:

@@ -28,7 +28,8 @@ import torch
 from nemo_rpo.config.schema import ConfigError, ParallelConfig
 from nemo_rpo.distributed.cpu_support import filter_noisy_warnings, install_cpu_support, tune_glibc_malloc
 
-__all__ = ["ParallelInfo", "configure_cpu", "init_distributed", "set_num_threads", "teardown_distributed"]
+__all__ = ["ParallelInfo", "configure_cpu", "describe_layout", "init_distributed", "print_layout", "set_num_threads",
+           "teardown_distributed"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,42 @@ def _read_launch_env() -> _LaunchEnv:
         )
     return _LaunchEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=_free_port(),
                       source="single")  # fmt: skip
+
+
+def describe_layout(parallel: ParallelConfig, micro_batch_size: int, global_batch_size: int) -> str:
+    """The run's layout in one line, from the launch environment that :func:`init_distributed` reads.
+
+    Example: ``layout: world size 4 (slurm job 812, master node01:20812) = tp 2 x pp 1 x dp 2;
+    global batch 32 = micro batch 8 x dp 2 x 2 accumulation steps``.
+    """
+    return _layout_line(_read_launch_env(), parallel, micro_batch_size, global_batch_size)
+
+
+def print_layout(parallel: ParallelConfig, micro_batch_size: int, global_batch_size: int) -> None:
+    """Print :func:`describe_layout` on global rank 0, first thing in a run's log, so that a job log says
+    how the job was laid out whatever happens next."""
+    launch = _read_launch_env()
+    if launch.rank == 0:
+        print(_layout_line(launch, parallel, micro_batch_size, global_batch_size), flush=True)
+
+
+def _layout_line(
+    launch: _LaunchEnv, parallel: ParallelConfig, micro_batch_size: int, global_batch_size: int
+) -> str:
+    model_parallel = parallel.tp * parallel.pp
+    dp = launch.world_size // model_parallel if launch.world_size % model_parallel == 0 else None
+    where = launch.source
+    if launch.source == "slurm":
+        where += f" job {os.environ.get('SLURM_JOB_ID', '?')}"
+    if launch.source != "single":  # a single process picks its own free port
+        where += f", master {launch.master_addr}:{launch.master_port}"
+    line = f"layout: world size {launch.world_size} ({where}) = tp {parallel.tp} x pp {parallel.pp}"
+    line += f" x dp {dp or '?'}"
+    if dp is not None and global_batch_size % (micro_batch_size * dp) == 0:
+        steps = global_batch_size // (micro_batch_size * dp)
+        return line + (f"; global batch {global_batch_size} = micro batch {micro_batch_size} x dp {dp} x {steps} "
+                       f"accumulation step{'s' if steps > 1 else ''}")  # fmt: skip
+    return line + f"; global batch {global_batch_size}, micro batch {micro_batch_size}"
 
 
 def set_num_threads(n: int | None) -> int:

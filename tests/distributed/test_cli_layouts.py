@@ -82,7 +82,16 @@ def _assert_same(rows, reference, steps):
     ids=["tp2", "pp2", "tp2pp2", "dp2", "dp2-distopt", "unshared", "pp2-unshared"],
 )
 def test_layout_matches_tp1(baseline, tmp_path, nproc, layout):
-    _assert_same(_run(nproc, tmp_path, "trainer.max_steps=3", *layout), baseline, 3)
+    rows, stdout = _launch(nproc, tmp_path, "trainer.max_steps=3", *layout)
+    _assert_same(rows, baseline, 3)
+    tp = 2 if "parallel.tp=2" in layout else 1
+    pp = 2 if "parallel.pp=2" in layout else 1
+    dp = nproc // (tp * pp)
+    launcher = "torchrun, master" if nproc > 1 else "single"
+    # rank 0 alone states the layout, before anything else the run prints
+    assert stdout.count("layout: ") == 1, stdout[:2000]
+    assert stdout.startswith(f"layout: world size {nproc} ({launcher}"), stdout[:2000]
+    assert f") = tp {tp} x pp {pp} x dp {dp}; global batch 8 = micro batch 2 x dp {dp} x {4 // dp} " in stdout
 
 
 def test_save_tp2_resume_tp1(baseline, tmp_path):

@@ -77,6 +77,41 @@ def test_world_not_divisible_by_model_parallel_is_a_config_error(clean_env: pyte
     assert not torch.distributed.is_initialized()
 
 
+def test_layout_line_slurm(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("PATH", str(tmp_path))  # no scontrol: MASTER_ADDR is the master
+    for key, value in {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "812",
+                       "MASTER_ADDR": "node01"}.items():  # fmt: skip
+        clean_env.setenv(key, value)
+    assert launch.describe_layout(ParallelConfig(tp=2), 8, 32) == (
+        "layout: world size 4 (slurm job 812, master node01:20812) = tp 2 x pp 1 x dp 2; "
+        "global batch 32 = micro batch 8 x dp 2 x 2 accumulation steps"
+    )
+
+
+def test_layout_line_single_and_indivisible(clean_env: pytest.MonkeyPatch) -> None:
+    assert launch.describe_layout(ParallelConfig(), 2, 2) == (
+        "layout: world size 1 (single) = tp 1 x pp 1 x dp 1; global batch 2 = micro batch 2 x dp 1 x 1 "
+        "accumulation step"
+    )
+    for key, value in {"RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "h", "MASTER_PORT": "7"}.items():
+        clean_env.setenv(key, value)
+    # init_distributed refuses this world size later; the line still says what was asked for
+    assert launch.describe_layout(ParallelConfig(pp=2), 4, 12) == (
+        "layout: world size 3 (torchrun, master h:7) = tp 1 x pp 2 x dp ?; global batch 12, micro batch 4"
+    )
+
+
+def test_layout_printed_on_rank_0_only(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    for rank in ("1", "0"):
+        for key, value in {"RANK": rank, "WORLD_SIZE": "2", "MASTER_PORT": "29400"}.items():
+            clean_env.setenv(key, value)
+        launch.print_layout(ParallelConfig(), 1, 4)
+    assert capsys.readouterr().out == (
+        "layout: world size 2 (torchrun, master 127.0.0.1:29400) = tp 1 x pp 1 x dp 2; "
+        "global batch 4 = micro batch 1 x dp 2 x 2 accumulation steps\n"
+    )
+
+
 def test_set_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
