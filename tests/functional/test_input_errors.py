@@ -171,7 +171,9 @@ def test_finished_run_is_complete_and_a_longer_one_keeps_or_recomputes_the_sched
         code, out, err = _main(capsys, *args, "trainer.max_steps=2")
     assert (code, err) == (0, ""), err
     ckpt = exp / "checkpoints" / "step_00000002"
-    assert out.splitlines() == [f"run complete: {ckpt} is at trainer.max_steps=2; nothing to do (a larger "
+    layout = "layout: world size 1 (single) = tp 1 x pp 1 x dp 1; global batch "
+    assert out.splitlines()[0].startswith(layout), out
+    assert out.splitlines()[1:] == [f"run complete: {ckpt} is at trainer.max_steps=2; nothing to do (a larger "
                                 "trainer.max_steps trains on, checkpoint.resume=false starts over)"]  # fmt: skip
 
     code, out, err = _main(capsys, *args, "trainer.max_steps=4")
