@@ -106,6 +106,10 @@ class ModelConfig:
     # Compute each prompt once for its K responses (packed micro-batches; same numbers): null = wherever
     # the model supports it (local spec with sdpa core attention), true = required, false = never.
     share_prompt: Optional[bool] = None
+    # The training path's LM head + NLL a block of this many tokens at a time (the [tokens, V] logits and
+    # their gradient never exist whole; the same numbers, one more LM-head product in the backward);
+    # 0 = the output layer's whole logits, then the NLL.
+    logps_chunk_size: int = 512
     # A Hugging Face Llama/Mistral/Qwen2 directory (safetensors, .bin or one .gguf): the CLI takes the shape
     # and the tokenizer from it (command-line model.* / data.tokenizer.* overrides win), and a new run
     # starts from its weights (unless checkpoint.init_from names other weights; ignored when resuming).
@@ -137,6 +141,7 @@ class ModelConfig:
         _check(self.recompute_granularity in (None, "full", "selective"), "model.recompute_granularity",
                "null, full or selective")  # fmt: skip
         _check(self.core_attention in ("sdpa", "megatron"), "model.core_attention", "sdpa or megatron")
+        _check(self.logps_chunk_size >= 0, "model.logps_chunk_size", "must be >= 0 (0 = whole logits)")
         _check(
             not self.share_prompt
             or (self.core_attention == "sdpa" and self.transformer_impl != "transformer_engine"),

@@ -24,7 +24,7 @@ from nemo_rpo import patches
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
-from nemo_rpo.models.logps import vocab_parallel_nll
+from nemo_rpo.models.logps import chunked_lm_head_nll, vocab_parallel_nll
 from nemo_rpo.models.shared_prompt import is_layout, to_sequences
 
 __all__ = [
@@ -46,7 +46,15 @@ class PolicyGPTModel(GPTModel):
     """megatron's ``GPTModel`` whose per-token loss (``forward(..., labels=...)``) goes through
     :func:`~nemo_rpo.models.logps.vocab_parallel_nll`: the same numbers, fewer passes over the logits
     at TP=1. Fused cross-entropy settings (TE / native) keep megatron's implementation.
+
+    With ``logps_chunk_size > 0`` (``model.logps_chunk_size``, set by :func:`build_gpt_model`) the
+    labelled forward runs the output layer and the NLL together, a block of tokens at a time
+    (:func:`~nemo_rpo.models.logps.chunked_lm_head_nll`): the full-vocabulary logits are never
+    materialised. Calls without labels (log-probs from logits, generation) return logits as before.
     """
+
+    logps_chunk_size: int = 0
+    real_vocab_size: int | None = None
 
     def _preprocess(self, input_ids, position_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         """Megatron's, plus per-row rotary positions for a shared-prompt layout (see ``forward``)."""
@@ -100,10 +108,10 @@ class PolicyGPTModel(GPTModel):
         ):
             span = _counted_span(loss_mask)
         if span is None or span == (0, labels.shape[1]):
-            return super()._postprocess(hidden_states, input_ids, position_ids, labels, **kwargs)
+            return self._output_nll(hidden_states, input_ids, position_ids, labels, **kwargs)
         start, end = span
         kwargs["loss_mask"] = None
-        nll = super()._postprocess(
+        nll = self._output_nll(
             hidden_states[start:end], input_ids, position_ids, labels[:, start:end], **kwargs
         )
         return F.pad(nll, (start, labels.shape[1] - end))
@@ -121,8 +129,37 @@ class PolicyGPTModel(GPTModel):
         # [W, B, h] -> [span, B*R, h] (sequence-first, as megatron's output layer takes it)
         hidden = to_sequences(hidden_states, layout[:, start:end].t())
         kwargs["loss_mask"] = None
-        nll = super()._postprocess(hidden, input_ids, position_ids, labels[:, start:end], **kwargs)
+        nll = self._output_nll(hidden, input_ids, position_ids, labels[:, start:end], **kwargs)
         return F.pad(nll, (start, labels.shape[1] - end))
+
+    def _output_nll(self, hidden_states, input_ids, position_ids, labels, **kwargs):  # noqa: ANN001, ANN201
+        """megatron's ``_postprocess``, or the chunked output layer + NLL where it applies (labels given,
+        last stage, no MTP / sequence parallelism / inference / output bias / fused weight-gradient
+        accumulation: those keep megatron's path)."""
+        layer = self.output_layer
+        if (
+            self.logps_chunk_size <= 0
+            or labels is None
+            or not self.post_process
+            or self.config.mtp_num_layers is not None
+            or kwargs.get("mtp_in_postprocess")
+            or layer.sequence_parallel
+            or layer.bias is not None
+            or getattr(layer, "gradient_accumulation_fusion", False)
+            or kwargs.get("inference_context") is not None
+            or kwargs.get("runtime_gather_output")
+        ):
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, **kwargs)
+        weight = (
+            self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        )
+        return chunked_lm_head_nll(
+            hidden_states,
+            layer.weight if weight is None else weight,
+            labels,
+            chunk_size=self.logps_chunk_size,
+            real_vocab_size=self.real_vocab_size,
+        )
 
     def mask_padded_vocab(self, vocab_size: int) -> None:
         """Keep the vocabulary padding out of the softmax: logits of ids ``>= vocab_size`` become ``-inf``.
@@ -330,6 +367,7 @@ def build_gpt_model(
         rotary_base=model.rotary_base,
     )
     gpt.mask_padded_vocab(vocab_size)
+    gpt.logps_chunk_size = model.logps_chunk_size
     if torch.cuda.is_available():
         # Megatron builds its linear layers on the GPU, but torch norms (local spec) on the CPU; move
         # the whole stage, as Megatron-LM's get_model does.

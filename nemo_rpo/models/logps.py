@@ -9,6 +9,11 @@ With one TP rank the whole vocabulary is local and :func:`vocab_parallel_nll` ta
 over the ``[b, s, V]`` logits (the largest activation of a small model): one fused in-place
 ``log_softmax`` forward (megatron: max, subtract, exp, sum, divide — five passes and three
 all-reduces), and a backward of ``exp`` and a scale in place. Same numbers, to float rounding.
+
+:func:`chunked_lm_head_nll` goes one step further for the training path: it takes the hidden states and
+the output weight instead of the logits and computes the LM head and the NLL a block of tokens at a
+time, so the ``[tokens, V]`` logits and their gradient never exist whole (at SmolLM2-135M's 49,152-id
+vocabulary, 3,072 response tokens: 0.6 GB each in fp32). Its backward recomputes each block's logits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-__all__ = ["forward_token_logps", "token_logps", "vocab_parallel_nll"]
+__all__ = ["chunked_lm_head_nll", "forward_token_logps", "token_logps", "vocab_parallel_nll"]
 
 
 class _LocalNLL(torch.autograd.Function):
@@ -51,6 +56,121 @@ def vocab_parallel_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     if parallel_state.get_tensor_model_parallel_world_size() > 1 or bool(outside.any()):
         return tensor_parallel.vocab_parallel_cross_entropy(logits, labels.contiguous())
     return _LocalNLL.apply(logits.float(), labels)  # .float(): a copy for 16-bit logits, as megatron
+
+
+class _ChunkedLMHeadNLL(torch.autograd.Function):
+    """``-log softmax(hidden @ weight.T)[label]``, a block of ``chunk`` tokens at a time.
+
+    ``weight`` is this rank's vocabulary slice ``[V/tp, h]`` starting at id ``vocab_start``; ids
+    ``>= real_vocab`` (the padding) are out of the softmax. Under TP the per-token max, sum of
+    exponentials and label logit are all-reduced over ``group`` (megatron's
+    ``vocab_parallel_cross_entropy``, per block); the hidden gradient this returns is this rank's
+    partial sum, which the caller all-reduces (``copy_to_tensor_model_parallel_region``), as
+    ``ColumnParallelLinear`` does. A label outside the slice contributes nothing here (another rank
+    holds it), so a label outside ``[0, V)`` gets NLL ``logsumexp``, as in megatron.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk, vocab_start, real_vocab, group):  # noqa: ANN001, ANN205
+        width = weight.shape[0]
+        local = labels - vocab_start
+        in_slice = (local >= 0) & (local < width)
+        local = torch.where(in_slice, local, 0).unsqueeze(-1)
+        pad_from = min(max(real_vocab - vocab_start, 0), width)
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        target = torch.empty_like(lse)
+        for start in range(0, hidden.shape[0], chunk):
+            end = start + chunk
+            logits = _block_logits(hidden[start:end], weight, pad_from)
+            target[start:end] = logits.gather(-1, local[start:end]).squeeze(-1).mul_(in_slice[start:end])
+            top = logits.amax(-1)
+            if group is not None:
+                torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX, group=group)
+            sumexp = logits.sub_(top.unsqueeze(-1)).exp_().sum(-1)
+            if group is not None:
+                torch.distributed.all_reduce(sumexp, group=group)
+            lse[start:end] = sumexp.log_().add_(top)
+        if group is not None:
+            torch.distributed.all_reduce(target, group=group)
+        ctx.save_for_backward(hidden, weight, local, in_slice, lse)
+        ctx.chunk, ctx.pad_from = chunk, pad_from
+        return lse - target
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN205
+        hidden, weight, local, in_slice, lse = ctx.saved_tensors
+        grad = grad.float()
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            end = start + ctx.chunk
+            h = hidden[start:end]
+            # d nll / d logits = softmax - one_hot(label), scaled per token by the incoming gradient
+            probs = _block_logits(h, weight, ctx.pad_from).sub_(lse[start:end].unsqueeze(-1)).exp_()
+            probs.scatter_add_(-1, local[start:end], in_slice[start:end].unsqueeze(-1).float().neg_())
+            probs = probs.mul_(grad[start:end].unsqueeze(-1)).to(weight.dtype)
+            if grad_hidden is not None:
+                torch.matmul(probs, weight, out=grad_hidden[start:end])
+            if grad_weight is not None and probs.dtype == torch.float32:
+                grad_weight.addmm_(probs.t(), h)
+            elif grad_weight is not None:  # 16-bit products, summed over blocks in fp32
+                grad_weight.add_(probs.t() @ h)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _block_logits(hidden: torch.Tensor, weight: torch.Tensor, pad_from: int) -> torch.Tensor:
+    """fp32 logits ``[n, V/tp]`` of one block, padding columns ``-inf``."""
+    logits = torch.matmul(hidden, weight.t()).float()
+    if pad_from < logits.shape[-1]:
+        logits[:, pad_from:] = float("-inf")
+    return logits
+
+
+def chunked_lm_head_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    chunk_size: int,
+    real_vocab_size: int | None = None,
+) -> torch.Tensor:
+    """Per-token ``-log p(label)`` of the output layer ``hidden @ weight.T`` without whole logits.
+
+    The same numbers as the output layer followed by :func:`vocab_parallel_nll` (to float rounding),
+    with the logits and their gradient held ``chunk_size`` tokens at a time; the backward computes each
+    block's logits again (one more LM-head product per step, in exchange for never writing or reading
+    the ``[tokens, V]`` tensors). Vocab-parallel under TP: every rank passes its slice of the weight.
+
+    Args:
+        hidden: ``[s, b, h]`` the last layer's (normalised) hidden states, sequence-first as megatron's
+            output layer takes them.
+        weight: ``[V/tp, h]`` this TP rank's output weight (the embedding when tied).
+        labels: ``[b, s]`` target ids in ``[0, V)``.
+        chunk_size: tokens per block.
+        real_vocab_size: ids at or above it (the vocabulary padding) are left out of the softmax;
+            ``None`` keeps every id.
+
+    Returns:
+        ``[b, s]`` fp32 NLL, identical on every TP rank.
+    """
+    seq, batch, _ = hidden.shape
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    width = weight.shape[0]
+    group = None
+    vocab_start = 0
+    if tp > 1:
+        group = parallel_state.get_tensor_model_parallel_group()
+        vocab_start = parallel_state.get_tensor_model_parallel_rank() * width
+        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(hidden)
+    real = tp * width if real_vocab_size is None else real_vocab_size
+    nll = _ChunkedLMHeadNLL.apply(
+        hidden.reshape(seq * batch, -1), weight, labels.t().reshape(-1), chunk_size, vocab_start, real, group
+    )
+    return nll.view(seq, batch).t()
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
