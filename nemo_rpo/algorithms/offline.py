@@ -185,7 +185,12 @@ def _reference_logps(
     """Reference log-probs of every response at the current weights, cached in ``cache_dir``."""
     if not LOSSES[cfg.loss.name].uses_reference:
         return None
-    key = reference.fingerprint(dataset.examples, {"model": vars(cfg.model), "seed": cfg.trainer.seed})
+    # Token-level losses keep each response token's log-prob (a [N, R, width] table), others the sums.
+    width = None
+    if LOSSES[cfg.loss.name].token_level:
+        width = max(len(r) for ex in dataset.examples for r in ex.sequence_responses)
+    extra = {"model": vars(cfg.model), "seed": cfg.trainer.seed, **({"token_width": width} if width else {})}
+    key = reference.fingerprint(dataset.examples, extra)
     cached = reference.load_cached(str(cache_dir), key)
     if cached is not None:
         return cached
@@ -204,6 +209,7 @@ def _reference_logps(
             share_prompt=shares_prompt(cfg.model),
         ),  # fmt: skip
         len(dataset),
+        token_width=width,
     )
     if info.rank == 0:
         reference.save_cached(str(cache_dir), key, logps)

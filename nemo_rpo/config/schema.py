@@ -48,9 +48,13 @@ class LossConfig:
     # Per-token mean instead of summed response log-probs, for policy and reference alike (NeMo-Aligner's
     # preference_average_log_probs; loss=dpo with it is TRL's sigmoid_norm). simpo and sft always average.
     average_log_probs: bool = False
+    # rpo_token_*: weight of prefix depth t is token_decay^(T - t); 0 = sequence-level RPO, 1 = every depth
+    # alike (docs/token_level.md). 0.9 puts half the weight on the last ~7 tokens of each prompt's responses.
+    token_decay: float = 0.9
 
     def __post_init__(self) -> None:
-        from nemo_rpo.losses import canonical_name  # pure torch; imported here to keep this module light
+        # Pure torch; imported here to keep this module light.
+        from nemo_rpo.losses import LOSSES, canonical_name
 
         try:
             self.name = canonical_name(self.name)
@@ -67,6 +71,11 @@ class LossConfig:
         _check(self.sft_loss_weight >= 0, "loss.sft_loss_weight", f"must be >= 0, got {self.sft_loss_weight}")
         _check(self.kto_desirable_weight > 0, "loss.kto_desirable_weight", "must be > 0")
         _check(self.kto_undesirable_weight > 0, "loss.kto_undesirable_weight", "must be > 0")
+        _check(
+            0.0 <= self.token_decay <= 1.0, "loss.token_decay", f"must be in [0, 1], got {self.token_decay}"
+        )
+        _check(not (LOSSES[self.name].token_level and self.average_log_probs), "loss.average_log_probs",
+               f"{self.name} is token-level: it reads per-token log-probs, not their mean")  # fmt: skip
 
 
 @dataclass
@@ -400,6 +409,8 @@ class RPOConfig:
         spec = LOSSES[self.loss.name]
         _check(not (spec.pairwise and self.k != 2), "k", f"loss {spec.name} is pairwise: set k=2"
                + (f"; {spec.pairwise_note}" if spec.pairwise_note else ""))  # fmt: skip
+        _check(not (spec.token_level and self.mode != "offline"), "loss.name",
+               f"{spec.name} is token-level and runs offline only (online references give sequence log-probs)")  # fmt: skip
         heads = self.model.num_attention_heads
         groups = self.model.num_query_groups or heads
         _check(heads % self.parallel.tp == 0 and groups % self.parallel.tp == 0, "parallel.tp",

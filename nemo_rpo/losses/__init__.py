@@ -19,11 +19,12 @@ from nemo_rpo.losses.registry import (
 )
 from nemo_rpo.losses.rpo import METRICS, implicit_rewards, rpo_loss
 from nemo_rpo.losses.stats import pearson_from_moments, rpo_stats
+from nemo_rpo.losses.token_level import token_rpo_loss
 
 __all__ = [
     "ALIASES", "DISTANCES", "LOSSES", "METRICS", "LossSpec",
     "bwd", "bwd_bernoulli", "bwd_categorical", "canonical_name", "cdpo", "distill_dpo", "dpo", "fwd",
     "get_loss", "implicit_rewards", "ipo", "kto", "lipo_lambda", "nca", "pearson_from_moments",
     "plackett_luce", "preference_loss", "register_loss", "rpo_loss", "rpo_stats", "sequence_logps",
-    "sft_nll", "simpo", "sq", "sqloo",
+    "sft_nll", "simpo", "sq", "sqloo", "token_rpo_loss",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ import torch
 from nemo_rpo.config.schema import LossConfig
 from nemo_rpo.data.batch import PreferenceBatch
 from nemo_rpo.losses import LOSSES, preference_loss, rpo_stats, sft_nll
+from nemo_rpo.losses.logps import response_token_logps
 
 # Scalars summed over micro-batches and data-parallel ranks, in this order; divided once when logged.
 REPORT_KEYS = (
@@ -49,7 +50,8 @@ def preference_losses(
     Args:
         token_logps: ``[B*R, T]`` log p(label) per position (fp32).
         batch: the micro-batch; ``R = K`` responses per prompt (+1 mismatched pair for KTO).
-        ref_logps: ``[B, R]`` cached reference sequence log-probs (summed), or None when the loss needs none.
+        ref_logps: ``[B, R]`` cached reference sequence log-probs (summed), or None when the loss needs none;
+            for a token-level loss ``[B, R, L]``, the response tokens' log-probs in order.
         loss: which loss and its hyper-parameters; ``average_log_probs`` turns policy and reference
             log-probs into per-token means over the same response tokens (NeMo-Aligner's
             ``preference_average_log_probs``: the mean of ``log pi - log pi_ref``).
@@ -58,6 +60,17 @@ def preference_losses(
     k = batch.num_responses
     num_prompts = batch.index.numel()
     seq_sum, seq_mean, num_tokens = _seq_logps(token_logps, batch.loss_mask, num_prompts)
+    token_inputs = {}
+    if info.token_level:  # per-token policy and reference log-probs, left-aligned; ref sums for the stats
+        width = ref_logps.shape[-1]
+        tokens = response_token_logps(token_logps=token_logps, mask=batch.loss_mask, width=width)
+        token_mask = torch.arange(width, device=tokens.device) < batch.loss_mask.sum(dim=-1, keepdim=True)
+        token_inputs = {
+            "policy_logps": tokens.view(num_prompts, -1, width)[:, :k],
+            "ref_logps": ref_logps[:, :k],
+            "token_mask": token_mask.view(num_prompts, -1, width)[:, :k],
+        }
+        ref_logps = ref_logps.sum(dim=-1)
     seq = seq_mean if info.length_normalized or loss.average_log_probs else seq_sum
     if ref_logps is not None and loss.average_log_probs:
         ref_logps = ref_logps / num_tokens.to(ref_logps.dtype)
@@ -65,15 +78,9 @@ def preference_losses(
     ref = ref_logps[:, :k] if ref_logps is not None else torch.zeros_like(policy)
     kl_policy = seq[:, k] if info.needs_kl_pairs else None
     kl_ref = ref_logps[:, k] if info.needs_kl_pairs and ref_logps is not None else None
-    losses = preference_loss(
-        loss.name,
-        policy_logps=policy,
-        ref_logps=ref if info.uses_reference else None,
-        rewards=batch.rewards,
-        kl_policy_logps=kl_policy,
-        kl_ref_logps=kl_ref,
-        **{name: getattr(loss, name) for name in info.hparams},
-    )
+    inputs = {"policy_logps": policy, "ref_logps": ref if info.uses_reference else None, "rewards": batch.rewards,
+              "kl_policy_logps": kl_policy, "kl_ref_logps": kl_ref, **token_inputs}  # fmt: skip
+    losses = preference_loss(loss.name, **inputs, **{name: getattr(loss, name) for name in info.hparams})
     if loss.sft_loss_weight > 0:
         losses = losses + loss.sft_loss_weight * sft_nll(policy_logps=seq_mean[:, :k], rewards=batch.rewards)
 

@@ -21,6 +21,7 @@ from megatron.core.utils import get_model_config
 
 from nemo_rpo.config.schema import LossConfig
 from nemo_rpo.data.batch import PreferenceBatch
+from nemo_rpo.losses.logps import response_token_logps
 from nemo_rpo.training.loss_adapter import REPORT_KEYS, make_loss_func
 
 
@@ -153,11 +154,15 @@ def grads_finite(model: list) -> bool:
 
 
 @torch.no_grad()
-def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_examples: int) -> torch.Tensor:
+def sequence_logps(
+    model: list, microbatches: Sequence[PreferenceBatch], num_examples: int, token_width: int | None = None
+) -> torch.Tensor:
     """Summed response log-probs ``[num_examples, R]`` of every sequence in ``microbatches``.
 
     Each data-parallel rank passes its own shard; rows are filled by dataset index, summed over
     data-parallel ranks and shared from the last pipeline stage, so every rank returns the full table.
+    With ``token_width`` (token-level losses), the response tokens' log-probs instead, in order and
+    zero-padded: ``[num_examples, R, token_width]``.
     """
     for chunk in model:
         chunk.eval()
@@ -169,7 +174,13 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
 
         def loss_func(output_tensor):
             token_logps = -output_tensor.float()
-            seq = (token_logps * batch.loss_mask).sum(dim=-1).view(batch.num_prompts, r)
+            if token_width is not None:
+                tokens = response_token_logps(
+                    token_logps=token_logps, mask=batch.loss_mask, width=token_width
+                )
+                seq = tokens.view(batch.num_prompts, r, token_width)
+            else:
+                seq = (token_logps * batch.loss_mask).sum(dim=-1).view(batch.num_prompts, r)
             return seq.sum() * 0, torch.tensor(1, dtype=torch.int), {"seq_logps": seq, "index": batch.index}
 
         return output, loss_func
@@ -177,7 +188,7 @@ def sequence_logps(model: list, microbatches: Sequence[PreferenceBatch], num_exa
     outputs = _run_schedule(model, microbatches, forward_step, forward_only=True)
     for chunk in model:
         chunk.train()
-    table = torch.zeros(num_examples, r, dtype=torch.float64)
+    table = torch.zeros(num_examples, r, *([] if token_width is None else [token_width]), dtype=torch.float64)
     for out in outputs:
         table[out["index"].cpu()] = out["seq_logps"].to(torch.float64).cpu()
     return share_table(table).to(torch.float32)

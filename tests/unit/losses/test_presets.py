@@ -208,7 +208,9 @@ def _winner_margin(policy, ref, rewards):
     return sign * BETA * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in LOSSES if not LOSSES[n].token_level)
+)  # those: test_token_level
 def test_dispatch_runs_the_named_preset(name, pair):
     """Selecting a loss by name runs that loss, never a silent fallback to DPO."""
     policy, ref = pair
