@@ -160,13 +160,11 @@ def _run_config(run_dir: Path):
 
 
 def _mcore_to_hf(args) -> None:
-    import torch
 
     from nemo_rpo.data.tokenizer import build_tokenizer
     from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
     from nemo_rpo.models.gpt import build_gpt_model
-    from nemo_rpo.models.hf_io import read_hf_config, write_hf_checkpoint
-    from nemo_rpo.models.hf_mapping import hf_config_from_model, megatron_to_hf
+    from nemo_rpo.models.hf_io import export_hf_model, read_hf_config
     from nemo_rpo.training.checkpoint import load_checkpoint
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -187,12 +185,10 @@ def _mcore_to_hf(args) -> None:
     try:
         model = build_gpt_model(model_cfg, cfg.parallel, vocab)
         load_checkpoint(ckpt, [model], None, None, restore_rng=False)
-        state = {k: v.detach() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-        hf_state = {k: v.to(getattr(torch, dtype)) for k, v in megatron_to_hf(state, model_cfg).items()}
-        config = hf_config_from_model(model_cfg, base, dtype)
-        out = write_hf_checkpoint(args.out, hf_state, config, tokenizer_dir)
+        out, count = export_hf_model(args.out, model, model_cfg, dtype=dtype, base=base,
+                                     tokenizer_source=tokenizer_dir)  # fmt: skip
         note = "" if tokenizer_dir else " (no tokenizer: the run used the built-in byte tokenizer)"
-        print(f"wrote {out} from {ckpt}: {len(hf_state)} tensors, {dtype}{note}", flush=True)
+        print(f"wrote {out} from {ckpt}: {count} tensors, {dtype}{note}", flush=True)
     finally:
         teardown_distributed()
 

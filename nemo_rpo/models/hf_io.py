@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from nemo_rpo.config.schema import ConfigError, ModelConfig
-from nemo_rpo.models.hf_mapping import hf_to_megatron
+from nemo_rpo.models.hf_mapping import hf_config_from_model, hf_to_megatron, megatron_to_hf
 from nemo_rpo.models.init import sharded_tensors
 
 __all__ = [
     "TOKENIZER_FILES",
+    "export_hf_model",
     "gguf_file",
     "load_hf_weights_",
     "read_hf_config",
@@ -171,3 +172,17 @@ def write_hf_checkpoint(out: str | os.PathLike, state: Mapping[str, torch.Tensor
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def export_hf_model(out: str | os.PathLike, module: torch.nn.Module, cfg: ModelConfig, *, dtype: str,
+                    base: Mapping[str, Any] | None = None,
+                    tokenizer_source: str | os.PathLike | None = None) -> tuple[Path, int]:  # fmt: skip
+    """Write a whole (TP=1, PP=1) GPT ``module`` as a Hugging Face directory; ``(path, tensors written)``.
+
+    ``cfg.vocab_size`` is the tokenizer's vocabulary (padding rows are dropped); ``dtype`` a torch dtype
+    name; ``base`` the imported model's ``config.json`` (see :func:`hf_config_from_model`).
+    """
+    state = {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    hf_state = {k: v.to(getattr(torch, dtype)) for k, v in megatron_to_hf(state, cfg).items()}
+    path = write_hf_checkpoint(out, hf_state, hf_config_from_model(cfg, base, dtype), tokenizer_source)
+    return path, len(hf_state)

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from nemo_rpo.config.schema import RPOConfig
+from nemo_rpo.config.schema import ModelConfig, ParallelConfig, RPOConfig
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models.gpt import build_gpt_model
 from nemo_rpo.training.optimizer import build_optimizer, wrap_ddp
@@ -26,13 +26,18 @@ def build_policy(cfg: RPOConfig, vocab_size: int):
 
 def build_policy_model(cfg: RPOConfig, vocab_size: int) -> list:
     """The DDP-wrapped model chunks alone (the optimizer is built separately, e.g. after a warm-up)."""
-    model = build_gpt_model(
-        cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size, init_seed=cfg.trainer.seed
+    return build_policy_chunks(
+        cfg.model, cfg.parallel, cfg.model.vocab_size or vocab_size, seed=cfg.trainer.seed
     )
+
+
+def build_policy_chunks(model: ModelConfig, parallel: ParallelConfig, vocab_size: int, *, seed: int) -> list:
+    """:func:`build_policy_model` from the component configs (what :class:`nemo_rpo.RPOModel` is built from)."""
+    gpt = build_gpt_model(model, parallel, vocab_size, init_seed=seed)
     # Losses return (sum, num_prompts, report): megatron then divides gradients by the global prompt
     # count instead of averaging per micro-batch and per data-parallel rank.
-    model.config.calculate_per_token_loss = True
-    return [wrap_ddp(model, cfg.parallel)]
+    gpt.config.calculate_per_token_loss = True
+    return [wrap_ddp(gpt, parallel)]
 
 
 def save_resolved_config(cfg: RPOConfig, info: ParallelInfo) -> None:

@@ -122,6 +122,18 @@ def train_step(
     )
 
 
+@torch.no_grad()
+def loss_report(
+    model: list,
+    microbatches: Sequence[PreferenceBatch],
+    ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None],
+    loss: LossConfig,
+) -> dict[str, float]:
+    """The report :func:`train_step` would return for these micro-batches, forward only, with no update."""
+    outputs = _run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=True)
+    return reduce_report(outputs)
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every element of ``t`` is finite, in one reduction pass.
 
