@@ -10,6 +10,20 @@ import time
 NUM_LAYERS, HIDDEN_SIZE, NUM_HEADS, FFN_HIDDEN_SIZE, VOCAB_SIZE = 4, 256, 8, 704, 8192
 PROMPT_LEN, RESPONSE_LEN = 64, 192  # every sequence: 256 tokens
 
+# Model shapes the step benchmarks run (``--shape``): the anchor above, and SmolLM2-135M's (a real model's
+# vocabulary and depth; random weights, which do not change the step's time).
+SHAPES = {
+    "anchor": {"num_layers": NUM_LAYERS, "hidden_size": HIDDEN_SIZE, "num_heads": NUM_HEADS, "num_kv_heads": NUM_HEADS,
+               "ffn_hidden_size": FFN_HIDDEN_SIZE, "vocab_size": VOCAB_SIZE, "tied": False},
+    "smollm2": {"num_layers": 30, "hidden_size": 576, "num_heads": 9, "num_kv_heads": 3, "ffn_hidden_size": 1536,
+                "vocab_size": 49152, "tied": True},
+}  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (``ru_maxrss``, KiB on Linux), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 def mark() -> tuple[float, resource.struct_rusage]:
     return time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)

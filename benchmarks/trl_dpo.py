@@ -4,6 +4,7 @@ Run by ``bench_step.py --trl`` as a subprocess once per round (so TRL, accelerat
 share a process with megatron or its CPU layer), or by hand::
 
     python benchmarks/trl_dpo.py --warmup 2 --steps 5        # prints one JSON object
+    python benchmarks/trl_dpo.py --shape smollm2              # SmolLM2-135M's shape (bench_offline.py)
 
 Needs ``trl`` (``pip install -e .[bench]``; measured with trl 1.16.0, transformers 5.24.0). Setup, as in
 the notes' row "TRL DPOTrainer, precomputed reference log-probs": a ``LlamaForCausalLM`` of the anchor
@@ -31,14 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor import (  # noqa: E402
-    FFN_HIDDEN_SIZE,
-    HIDDEN_SIZE,
-    NUM_HEADS,
-    NUM_LAYERS,
     PROMPT_LEN,
     RESPONSE_LEN,  # the response's last token is TRL's EOS
-    VOCAB_SIZE,
+    SHAPES,
     mark,
+    peak_rss_mb,
     step_sample,
 )
 
@@ -74,7 +72,9 @@ def _dataset(num_rows: int, vocab_size: int, seed: int):
     return Dataset.from_list(rows)
 
 
-def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int = 1234) -> dict:
+def run(
+    warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int = 1234, shape: str = "anchor"
+) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -92,17 +92,18 @@ def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int =
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    vocab_size = VOCAB_SIZE
+    dims = SHAPES[shape]
+    vocab_size = dims["vocab_size"]
     model = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=vocab_size,
-            hidden_size=HIDDEN_SIZE,
-            intermediate_size=FFN_HIDDEN_SIZE,
-            num_hidden_layers=NUM_LAYERS,
-            num_attention_heads=NUM_HEADS,
-            num_key_value_heads=NUM_HEADS,
+            hidden_size=dims["hidden_size"],
+            intermediate_size=dims["ffn_hidden_size"],
+            num_hidden_layers=dims["num_layers"],
+            num_attention_heads=dims["num_heads"],
+            num_key_value_heads=dims["num_kv_heads"],
             max_position_embeddings=PROMPT_LEN + RESPONSE_LEN,
-            tie_word_embeddings=False,
+            tie_word_embeddings=dims["tied"],
             pad_token_id=0,
             eos_token_id=vocab_size - 1,
             bos_token_id=None,
@@ -149,7 +150,7 @@ def run(warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int =
     import trl
 
     return {"samples": samples, "sequence_lengths": lengths, "trl": trl.__version__,
-            "transformers": transformers.__version__}  # fmt: skip
+            "transformers": transformers.__version__, "peak_rss_mb": peak_rss_mb(), "shape": shape}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="anchor")
     parser.add_argument("--default-malloc", action="store_true", help="as bench_step.py: leave glibc untuned")
     args = parser.parse_args(argv)
     if not args.default_malloc:
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tune_glibc_malloc()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run(args.warmup, args.steps, args.prompts, args.threads, args.seed)
+    result = run(args.warmup, args.steps, args.prompts, args.threads, args.seed, args.shape)
     print(json.dumps(result))
 
 

@@ -20,6 +20,8 @@ METHODS = (
     "dpo", "simpo", "kto", "rpo_bwd_k2", "rpo_bwd_k4", "rpo_sqloo_k2", "rpo_sqloo_k4",
     "online_rpo_bwd_gt", "online_rpo_sqloo_gt", "online_rpo_bwd_learnt", "online_rpo_sqloo_learnt",
     "iter_offline_rpo_bwd", "iter_online_rpo_bwd",
+    # Beyond the paper (issue 21): listwise losses and token-level RPO, offline K=4 beside rpo_bwd_k4.
+    "lipo_lambda_k4", "plackett_luce_k4", "rpo_token_bwd_k4",
 )  # fmt: skip
 
 
@@ -81,6 +83,10 @@ def _losses() -> dict[str, LossConfig]:
         "kto": LossConfig(name="kto", beta=0.1),
         "rpo_bwd": LossConfig(name="rpo_bwd", beta=0.1, eta=10.0),
         "rpo_sqloo": LossConfig(name="rpo_sqloo", beta=0.1, eta=1.0),
+        # eta=1: LiPO's gains 2^(eta r*) - 1 of rewards in [0, 1] stay in [0, 1], as its labels.
+        "lipo_lambda": LossConfig(name="lipo_lambda", beta=0.1, eta=1.0),
+        "plackett_luce": LossConfig(name="plackett_luce", beta=0.1),
+        "rpo_token_bwd": LossConfig(name="rpo_token_bwd", beta=0.1, eta=10.0, token_decay=0.9),
     }
 
 
