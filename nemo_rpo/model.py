@@ -55,6 +55,7 @@ from nemo_rpo.data.prompts import prompts_from_texts  # noqa: E402
 from nemo_rpo.data.tokenizer import build_tokenizer  # noqa: E402
 from nemo_rpo.distributed.launch import ParallelInfo, init_distributed  # noqa: E402
 from nemo_rpo.generation import GenerationOutput, generate, sampling_generator  # noqa: E402
+from nemo_rpo.losses import LOSSES  # noqa: E402
 from nemo_rpo.models.gpt import shares_prompt  # noqa: E402
 from nemo_rpo.models.hf_io import export_hf_model  # noqa: E402
 from nemo_rpo.training.builder import build_policy_chunks  # noqa: E402
@@ -138,13 +139,19 @@ class RPOModel:
 
         Called before training it is offline RPO's reference table (the initial policy, Alg. 1 line 1).
         Each data-parallel rank passes its own examples; every rank gets the whole table.
-        ``num_rows`` defaults to one past the largest index on any rank.
+        ``num_rows`` defaults to one past the largest index on any rank. For a token-level loss the table is
+        ``[num_rows, R, L]``: each response token's log-prob, L the longest response on any rank.
         """
         if num_rows is None:
             top = torch.tensor([max(ex.index for ex in examples) + 1], dtype=torch.long)
             torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
             num_rows = int(top.item())
-        return sequence_logps(self.chunks, self.batches(examples, fill=True), num_rows)
+        width = None
+        if LOSSES[self.loss.name].token_level:
+            longest = torch.tensor([max(len(r) for ex in examples for r in ex.sequence_responses)])
+            torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+            width = int(longest.item())
+        return sequence_logps(self.chunks, self.batches(examples, fill=True), num_rows, token_width=width)
 
     def loss_and_metrics(
         self, examples: Sequence[PreferenceExample], ref_logps: torch.Tensor | None = None
