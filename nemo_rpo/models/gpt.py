@@ -136,7 +136,7 @@ class PolicyGPTModel(GPTModel):
         """megatron's ``_postprocess``, or the chunked output layer + NLL where it applies (labels given,
         last stage, no MTP / sequence parallelism / inference / output bias / fused weight-gradient
         accumulation: those keep megatron's path)."""
-        layer = self.output_layer
+        layer = getattr(self, "output_layer", None)  # absent on pipeline stages before the last
         if (
             self.logps_chunk_size <= 0
             or labels is None
