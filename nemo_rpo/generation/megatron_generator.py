@@ -37,6 +37,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 from nemo_rpo.config.schema import GenerationConfig
 from nemo_rpo.generation.base import GenerationOutput
+from nemo_rpo.generation.cached_decoder import CachedDecoder, unsupported
 from nemo_rpo.generation.sampling import draw_uniforms, select_tokens
 
 __all__ = ["MegatronGenerator", "generate"]
@@ -79,6 +80,8 @@ def generate(
     pad_id: int,
     vocab_size: int,
     generator: torch.Generator | None = None,
+    shared_prefill: bool = True,
+    cached_decoder: bool = True,
 ) -> GenerationOutput:
     """Sample ``num_samples`` responses for every prompt from this rank's stage of the GPT policy.
 
@@ -96,6 +99,10 @@ def generate(
         vocab_size: the tokenizer's vocabulary; the model's padding rows are never sampled.
         generator: CPU generator for the draws (see
             :func:`~nemo_rpo.generation.sampling.sampling_generator`); ignored and optional when greedy.
+        shared_prefill: with the KV cache, run each prompt's prefill once and copy its cache to its K
+            rows (the same numbers as one prefill per row, K times fewer prefill FLOPs).
+        cached_decoder: with the KV cache, use :class:`~nemo_rpo.generation.cached_decoder.CachedDecoder`
+            where it applies (TP = PP = 1, plain self-attention; megatron's inference path otherwise).
 
     Returns:
         A :class:`GenerationOutput` on the CPU; its ``logps`` are the policy's (temperature 1, unfiltered).
@@ -131,7 +138,11 @@ def generate(
 
     was_training = chunk.training
     chunk.eval()
-    runner = _StageRunner(chunk, rows, total, cfg.use_kv_cache)
+    repeats = num_samples if shared_prefill else 1
+    if cfg.use_kv_cache and cached_decoder and unsupported(chunk) is None:
+        runner = _DecoderRunner(chunk, rows, total, repeats)
+    else:
+        runner = _StageRunner(chunk, rows, total, cfg.use_kv_cache, repeats)
     end = int(lengths.min())
     try:
         with torch.no_grad():
@@ -173,43 +184,88 @@ def _single_chunk(model: torch.nn.Module | Sequence[torch.nn.Module]) -> torch.n
     return chunks[0]
 
 
-class _StageRunner:
-    """Runs this pipeline stage for one generation step and moves activations between stages."""
+class _DecoderRunner:
+    """:class:`CachedDecoder` behind the :class:`_StageRunner` interface (one stage, KV cache)."""
 
-    def __init__(self, chunk: torch.nn.Module, rows: int, total: int, use_kv_cache: bool) -> None:
+    is_first = is_last = True
+
+    def __init__(self, chunk: torch.nn.Module, rows: int, total: int, repeats: int) -> None:
+        self.decoder = CachedDecoder(chunk, rows, total)
+        self.device = self.decoder.device
+        self.repeats = repeats
+
+    def next_token_logits(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """Full-vocabulary logits ``[N, V]`` predicting position ``pos``."""
+        if self.decoder.length == 0:
+            return self.decoder.prefill(tokens[:: self.repeats, :pos], self.repeats)
+        assert pos == self.decoder.length + 1
+        return self.decoder.step(tokens[:, pos - 1])
+
+    def close(self) -> None:
+        """Drop the KV cache."""
+        self.decoder = None
+
+
+class _StageRunner:
+    """Runs this pipeline stage for one generation step and moves activations between stages.
+
+    With ``repeats > 1`` and the KV cache, the prefill runs on every ``repeats``-th row (one per prompt)
+    and its cache is then copied to the prompt's rows.
+    """
+
+    def __init__(
+        self, chunk: torch.nn.Module, rows: int, total: int, use_kv_cache: bool, repeats: int = 1
+    ) -> None:
         self.chunk = chunk
         self.config = get_attr_wrapped_model(chunk, "config")
         self.set_input_tensor = get_attr_wrapped_model(chunk, "set_input_tensor")
         self.device = next(chunk.parameters()).device
         self.rows = rows
+        self.total = total
+        self.repeats = repeats if use_kv_cache else 1
         self.is_first = parallel_state.is_pipeline_first_stage()
         self.is_last = parallel_state.is_pipeline_last_stage()
-        self.context = StaticInferenceContext(rows, total) if use_kv_cache else None
+        self.context = StaticInferenceContext(rows // self.repeats, total) if use_kv_cache else None
         self.fed = 0  # positions already in the KV cache
 
     def next_token_logits(self, tokens: torch.Tensor, pos: int) -> torch.Tensor | None:
         """Full-vocabulary logits ``[N, V]`` predicting position ``pos`` (last stage; None elsewhere)."""
         begin = self.fed if self.context is not None else 0
+        prefill_once = self.context is not None and begin == 0 and self.repeats > 1
+        if prefill_once:
+            tokens = tokens[:: self.repeats]
+        rows = tokens.shape[0]
         input_ids = tokens[:, begin:pos].to(self.device)
-        position_ids = torch.arange(begin, pos, device=self.device).expand(self.rows, -1)
+        position_ids = torch.arange(begin, pos, device=self.device).expand(rows, -1)
         if self.context is not None:
             self.context.sequence_len_offset = begin
             if begin > 0:  # every step after the prefill feeds one token per row
                 self.context.enable_decode_mode()
         if not self.is_first:
-            hidden = torch.empty(pos - begin, self.rows, self.config.hidden_size,
+            hidden = torch.empty(pos - begin, rows, self.config.hidden_size,
                                  dtype=self.config.pipeline_dtype or self.config.params_dtype, device=self.device)  # fmt: skip
             dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             self.set_input_tensor(hidden)
         output = self.chunk(input_ids, position_ids, None, inference_context=self.context,
                             runtime_gather_output=True if self.context is not None else None)  # fmt: skip
         self.fed = pos
+        if prefill_once:
+            self._expand_cache()
         if not self.is_last:
             dist.send(output.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
             return None
         if self.context is not None:  # megatron materialised only the last position, gathered over TP
-            return output[:, -1].float()
+            logits = output[:, -1].float()
+            return logits.repeat_interleave(self.repeats, dim=0) if prefill_once else logits
         return tensor_parallel.gather_from_tensor_model_parallel_region(output[:, -1].contiguous()).float()
+
+    def _expand_cache(self) -> None:
+        """Copy each prompt's cached keys/values (``[s, b, n, d]`` per layer) to its ``repeats`` rows."""
+        expanded = StaticInferenceContext(self.rows, self.total)
+        for layer, (keys, values) in self.context.key_value_memory_dict.items():
+            expanded.key_value_memory_dict[layer] = (keys.repeat_interleave(self.repeats, dim=1),
+                                                     values.repeat_interleave(self.repeats, dim=1))  # fmt: skip
+        self.context = expanded
 
     def close(self) -> None:
         """Drop the KV cache and the received activation."""

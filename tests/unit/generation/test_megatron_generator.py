@@ -155,3 +155,48 @@ def test_errors(policy) -> None:  # noqa: ANN001
         generate(policy, [[1, VOCAB]], GenerationConfig(temperature=0.0), **kwargs)
     with pytest.raises(ValueError, match="one model chunk"):
         generate([policy, policy], [[1, 2]], GenerationConfig(temperature=0.0), **kwargs)
+
+
+def test_cached_decoder_applies_to_the_test_policy(policy) -> None:  # noqa: ANN001
+    """The tests above exercise :class:`CachedDecoder` (the default), not megatron's inference path."""
+    from nemo_rpo.generation.cached_decoder import unsupported
+
+    assert unsupported(policy) is None
+
+
+@pytest.mark.parametrize("cached_decoder", [True, False], ids=["cached-decoder", "megatron-inference"])
+@pytest.mark.parametrize(
+    "cfg",
+    [GenerationConfig(max_new_tokens=8), GenerationConfig(max_new_tokens=8, temperature=0.0)],
+    ids=["plain", "greedy"],
+)
+def test_shared_prefill_matches_per_sample_prefill(
+    policy, cfg: GenerationConfig, cached_decoder: bool
+) -> None:  # noqa: ANN001
+    """One prefill per prompt, its cache copied to the K rows == one prefill per row: tokens, log-probs."""
+
+    def sample(shared: bool) -> GenerationOutput:
+        return generate([policy], PROMPTS, cfg, num_samples=K, eos_id=EOS, pad_id=PAD, vocab_size=VOCAB,
+                        generator=sampling_generator(5, 0), shared_prefill=shared,
+                        cached_decoder=cached_decoder)  # fmt: skip
+
+    shared, per_sample = sample(True), sample(False)
+    check_layout(shared, cfg.max_new_tokens)
+    assert torch.equal(shared.tokens, per_sample.tokens)
+    assert torch.equal(shared.response_mask, per_sample.response_mask)
+    torch.testing.assert_close(shared.logps, per_sample.logps, atol=ATOL, rtol=0)
+    if cfg.temperature > 0:
+        assert len({tuple(row.tolist()) for row in shared.tokens}) > len(PROMPTS)
+
+
+def test_cached_decoder_matches_megatron_inference(policy) -> None:  # noqa: ANN001
+    """The cached decoder and megatron's static-inference path sample the same tokens and log-probs."""
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9)
+
+    def sample(cached_decoder: bool) -> GenerationOutput:
+        return generate([policy], PROMPTS, cfg, num_samples=K, eos_id=EOS, pad_id=PAD, vocab_size=VOCAB,
+                        generator=sampling_generator(2, 0), cached_decoder=cached_decoder)  # fmt: skip
+
+    fast, megatron = sample(True), sample(False)
+    assert torch.equal(fast.tokens, megatron.tokens)
+    torch.testing.assert_close(fast.logps, megatron.logps, atol=ATOL, rtol=0)
