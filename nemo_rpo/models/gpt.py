@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_rpo import patches
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
+from nemo_rpo.distributed.cpu_support import glibc_malloc_defaults
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
 from nemo_rpo.models.logps import chunked_lm_head_nll, vocab_parallel_nll
@@ -71,7 +72,17 @@ class PolicyGPTModel(GPTModel):
         (:mod:`nemo_rpo.models.shared_prompt`), rotary embeddings follow ``position_ids`` row by row:
         megatron's assume ``0 .. s-1`` on every row, a packed row restarts its responses at the prompt's
         end.
+
+        Without autograd (sampling, reference and reward scoring) the forward runs with glibc's own
+        allocation policy, not ``trainer.keep_freed_memory``'s, whose retained heap would grow without
+        bound under shapes that change every call (:func:`~nemo_rpo.distributed.cpu_support.glibc_malloc_defaults`).
         """
+        if not torch.is_grad_enabled():
+            with glibc_malloc_defaults():
+                return self._forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        return self._forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+
+    def _forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if not is_layout(attention_mask) or self.position_embedding_type != "rope":
             return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
         if position_ids is None:
