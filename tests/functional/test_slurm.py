@@ -1,8 +1,9 @@
 """``examples/slurm/offline_rpo_cpu.sbatch`` under a real Slurm whose node is this machine.
 
 Two jobs started together on the node both complete (each on its own port: the script once forced
-29500 on every job, and the second one died with EADDRINUSE); then a job cancelled after its first
-checkpoint is resubmitted with the same command and resumes from its last complete checkpoint.
+29500 on every job, and the second one died with EADDRINUSE); one runs the script as written (the
+embedded default), the other on a bundled data file (``DATA=``). Then a job cancelled after a checkpoint
+is resubmitted with the same command and resumes from its last complete checkpoint.
 
 Needs a local Slurm (``bash .ci/slurm_up.sh`` starts one on Debian as root; ``.ci/run`` does). Skips
 without one, unless ``NEMO_RPO_SLURM_TEST=require`` (set by ``.ci/run`` once Slurm is up), which makes a
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +28,8 @@ import pytest
 pytestmark = pytest.mark.functional
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "slurm" / "offline_rpo_cpu.sbatch"
-TINY = ["trainer.global_batch_size=8", "trainer.micro_batch_size=8", "logging.tensorboard=false"]
+DATA = Path(__file__).resolve().parents[2] / "examples" / "data" / "native_k4.jsonl"  # 2 prompts, K=4
+SMALL = ["trainer.global_batch_size=2", "trainer.micro_batch_size=2", "logging.tensorboard=false"]
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
 WAIT_S = 600  # per job; a loaded 2-core machine starts python with megatron in ~10-40 s
 
@@ -74,7 +77,9 @@ def _job_env() -> dict[str, str]:
     return {**env, "PYTHON": sys.executable}
 
 
-def _submit(jobs: list[str], exp_dir: Path, *overrides: str, hold: bool = False) -> str:
+def _submit(
+    jobs: list[str], exp_dir: Path, *overrides: str, data: Path | None = None, hold: bool = False
+) -> str:
     cmd = [
         "sbatch",
         "--parsable",
@@ -82,9 +87,9 @@ def _submit(jobs: list[str], exp_dir: Path, *overrides: str, hold: bool = False)
         f"--output={exp_dir}.log",
         f"--chdir={exp_dir.parent}",
     ]
-    proc = subprocess.run([*cmd, *(["--hold"] if hold else []), str(SCRIPT), *TINY, *overrides],
-                          env={**_job_env(), "EXP_DIR": str(exp_dir)}, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    env = {**_job_env(), "EXP_DIR": str(exp_dir), **({"DATA": str(data)} if data else {})}
+    proc = subprocess.run([*cmd, *(["--hold"] if hold else []), str(SCRIPT), *overrides], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
     jobs.append(job)
@@ -118,45 +123,58 @@ def _time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
+def _log_until(job: str, log: Path, done: Callable[[str], bool]) -> str:
+    """Wait until ``done(log text)`` while ``job`` runs; the text."""
+    deadline = time.monotonic() + WAIT_S
+    while not done(text := log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"job {job}: not there after {WAIT_S} s:\n{text[-3000:]}"
+        assert _job(job).get("JobState") not in DONE, f"job {job} ended:\n{text[-3000:]}"
+        time.sleep(0.2)
+    return text
+
+
 def test_two_jobs_share_a_node_then_a_resubmission_resumes(slurm, tmp_path):
     from nemo_rpo.training.checkpoint import find_latest_checkpoint
 
-    # Two jobs released together start in one scheduling pass and train at the same time.
-    exp = {name: tmp_path / name for name in ("a", "b")}
-    jobs = {name: _submit(slurm, exp[name], "trainer.max_steps=3", hold=True) for name in exp}
+    # Two jobs released together start in one scheduling pass and train at the same time: the script as
+    # written (embedded default) and one on a data file.
+    exp = {name: tmp_path / name for name in ("embedded", "data")}
+    jobs = {
+        "embedded": _submit(slurm, exp["embedded"], "trainer.max_steps=3", hold=True),
+        "data": _submit(slurm, exp["data"], "trainer.max_steps=3", *SMALL, data=DATA, hold=True),
+    }
     subprocess.run(["scontrol", "release", ",".join(jobs.values())], check=True, timeout=30)
     infos = {name: _wait(job, Path(f"{exp[name]}.log")) for name, job in jobs.items()}
     for name, job in jobs.items():
         text = _assert_completed(infos[name], Path(f"{exp[name]}.log"))
         port = 20000 + int(job) % 20000
-        assert (
-            f"layout: world size 1 (slurm job {job}, master " in text
-            and f":{port}) = tp 1 x pp 1 x dp 1" in text
-        )
+        assert f"layout: world size 1 (slurm job {job}, master " in text, text[-3000:]
+        assert f":{port}) = tp 1 x pp 1 x dp 1; global batch " in text, text[-3000:]
         assert "step     3/3 | loss" in text, text[-3000:]
-        assert "EADDRINUSE" not in text
+    assert f"data: {DATA} (native): 2 examples" in Path(f"{exp['data']}.log").read_text()
     starts = [_time(info["StartTime"]) for info in infos.values()]
     ends = [_time(info["EndTime"]) for info in infos.values()]
     assert max(starts) < min(ends), f"the jobs did not overlap: started {starts}, ended {ends}"
 
-    # A job cancelled after its first checkpoint (a preemption, a time limit), then the same command again.
-    run, log = tmp_path / "c", Path(f"{tmp_path / 'c'}.log")
-    args = ("trainer.max_steps=30", "checkpoint.save_interval=2")
-    first = _submit(slurm, run, *args)
-    deadline = time.monotonic() + WAIT_S
-    while find_latest_checkpoint(run) is None:
-        assert time.monotonic() < deadline, f"no checkpoint after {WAIT_S} s:\n{log.read_text()[-3000:]}"
-        assert _job(first).get("JobState") not in DONE, (
-            f"job ended before a checkpoint:\n{log.read_text()[-3000:]}"
-        )
-        time.sleep(0.2)
+    # A job cancelled after a checkpoint (a preemption, a time limit), then the same command again. Both
+    # would train for hours: the first is cancelled, the second once it has trained past the checkpoint.
+    run, log = tmp_path / "resubmitted", Path(f"{tmp_path / 'resubmitted'}.log")
+    args = ("trainer.max_steps=100000", "checkpoint.save_interval=2", *SMALL)
+    first = _submit(slurm, run, *args, data=DATA)
+    _log_until(first, log, lambda _: find_latest_checkpoint(run) is not None)
     subprocess.run(["scancel", first], check=True, timeout=30)
     assert _wait(first, log)["JobState"] == "CANCELLED", log.read_text()[-3000:]
     latest = find_latest_checkpoint(run)
     step = int(latest.name.removeprefix("step_"))
-    assert 2 <= step < 30, latest  # cancelled mid-run: the resubmission has steps left to train
 
-    second = _submit(slurm, run, *args)
-    text = _assert_completed(_wait(second, log), log)
+    second = _submit(slurm, run, *args, data=DATA)
+    header = f"job {second} (restart 0)"  # the log is appended to: the second job's part starts here
+
+    def trained_past(text: str) -> bool:
+        return header in text and f"step {step + 2:>5}/100000 | loss" in text.split(header)[1]
+
+    text = _log_until(second, log, trained_past).split(header)[1]
+    subprocess.run(["scancel", second], check=True, timeout=30)
     assert f"resumed from {latest} at step {step}\n" in text, text[-3000:]
-    assert "step    30/30 | loss" in text, text[-3000:]
+    resumed = text[text.index("resumed from") :]
+    assert f"step {step + 1:>5}/100000 | loss" in resumed and f"step {step:>5}/" not in text, text[-3000:]
