@@ -100,7 +100,7 @@ def _ranks(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def lipo_lambda(
     *, policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float, eta: float
 ) -> torch.Tensor:
-    """LiPO-λ (Liu et al., 2024, arXiv:2402.01878, §4.3, the LambdaLoss objective):
+    """LiPO-λ (Liu et al., 2024, arXiv:2402.01878, the LiPO-λ objective and its Lambda weight):
 
     ``-sum_{i,j: psi_i > psi_j} Delta_ij log sigma(s_i - s_j)`` with scores ``s = a`` (the implicit
     rewards), labels ``psi = eta r*`` and the Lambda weight
