@@ -9,11 +9,15 @@ of the sampled one (the sample is drawn and discarded, so the random stream does
 lengths). That costs ``max_prompt - min_prompt`` extra one-token steps, which is cheap for the short,
 similar prompts of online RPO.
 
-KV cache. megatron's ``StaticInferenceContext`` passed as ``inference_context`` to ``GPTModel.forward``:
-one prefill over the shortest prompt, then one-token steps. The context keeps keys/values per layer at
-absolute positions, which equal the position ids here. megatron then returns only the last position's
-logits, gathered over TP. ``use_kv_cache=False`` re-runs the whole prefix at every step (tests compare
-the two) and gathers the vocab-parallel logits of the last position only.
+KV cache. A single-stage local-spec model (TP = PP = 1) runs
+:class:`~nemo_rpo.generation.cached_decoder.CachedDecoder`: the model's own modules and weights, with keys
+rotated once into a preallocated cache and GQA attention without repeated keys. Any other layout uses
+megatron's ``StaticInferenceContext`` passed as ``inference_context`` to ``GPTModel.forward``; the
+context keeps keys/values per layer at absolute positions, which equal the position ids here, and
+megatron returns only the last position's logits, gathered over TP. Either way: one prefill over the
+shortest prompt, then one-token steps. With ``shared_prefill`` (the default) the prefill runs once per
+prompt and its cache is copied to the prompt's K rows. ``use_kv_cache=False`` re-runs the whole prefix
+at every step (tests compare the three) and gathers the vocab-parallel logits of the last position only.
 
 Parallelism. Pipeline stages pass the step's hidden states ``[s, N, h]`` with point-to-point
 send/recv; the last stage samples, and the tokens are broadcast from TP rank 0 of the last stage to its

@@ -40,7 +40,8 @@ def filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
         logits: ``[N, V]`` float32.
         cfg: temperature (> 0 here), top_k (0 = off), top_p (1.0 = off).
     """
-    logits = logits / cfg.temperature
+    if cfg.temperature != 1.0:  # dividing by 1.0 would copy the [N, V] logits and change nothing
+        logits = logits / cfg.temperature
     if 0 < cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -84,5 +85,7 @@ def select_tokens(
         # right=True: the first index whose cdf exceeds the target, so zero-probability tokens are skipped.
         tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
         # Rounding can put the target at the total mass: take the last token with probability > 0.
-        tokens = torch.where(tokens < vocab_size, tokens, cdf.argmax(dim=-1))
+        past = tokens >= vocab_size
+        if bool(past.any()):  # rare: skip the extra pass over [N, V] otherwise
+            tokens = torch.where(past, cdf.argmax(dim=-1), tokens)
     return tokens, policy_logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
