@@ -385,6 +385,23 @@ _LIBC = None
 _MALLOC_SUSPENDED = 0
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX-BF16, from ``/proc/cpuinfo``).
+
+    Elsewhere torch still runs bf16 products, converting to fp32 inside every kernel: slower than fp32.
+    Not on Linux (no ``/proc/cpuinfo``): ``False``.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
 @contextlib.contextmanager
 def glibc_malloc_defaults() -> Iterator[None]:
     """Within the block, glibc allocates as it comes (large blocks mapped and unmapped on free), even where

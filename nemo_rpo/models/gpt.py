@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_rpo import patches
 from nemo_rpo.config.schema import ConfigError, ModelConfig, ParallelConfig
+from nemo_rpo.distributed import cpu_support
 from nemo_rpo.distributed.cpu_support import glibc_malloc_defaults
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
@@ -32,6 +33,7 @@ __all__ = [
     "PolicyGPTModel",
     "build_gpt_model",
     "build_transformer_config",
+    "effective_precision",
     "layer_spec",
     "padded_vocab_size",
     "shares_prompt",
@@ -280,6 +282,18 @@ def layer_spec(model: ModelConfig) -> ModuleSpec:
     return spec
 
 
+def effective_precision(model: ModelConfig) -> str:
+    """``model.precision``, except bf16 on a CPU without bf16 matmuls (no AVX-512-BF16 / AMX), which says so
+    in one line and trains in fp32 (there torch converts bf16 products to fp32 inside each kernel: half the
+    precision for no speed). On a GPU, or a CPU that has them, bf16 (fp32 master weights)."""
+    if model.precision != "bf16" or torch.cuda.is_available() or cpu_support.cpu_has_bf16_matmul():
+        return model.precision
+    logger.warning(
+        "model.precision=bf16: this CPU lacks bf16 matmul support (AVX-512-BF16/AMX); training in fp32"
+    )
+    return "fp32"
+
+
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
     """Translate our ``ModelConfig`` + ``ParallelConfig`` into megatron's ``TransformerConfig``.
 
@@ -288,7 +302,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Tr
     layout; :func:`build_gpt_model` can redo it layout-independently (``init_seed``). ``model.fast_paths``
     is recorded on the config (:func:`nemo_rpo.patches.set_fast_paths`) for the patched SwiGLU and RoPE.
     """
-    dtype = _DTYPES[model.precision]
+    precision = effective_precision(model)
+    dtype = _DTYPES[precision]
     swiglu = model.activation == "swiglu"
     recompute = {}
     if model.recompute_granularity == "full":
@@ -323,8 +338,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Tr
         pipeline_model_parallel_size=parallel.pp,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        bf16=model.precision == "bf16",
-        fp16=model.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu_initialization=not torch.cuda.is_available(),
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
@@ -379,6 +394,13 @@ def build_gpt_model(
     )
     gpt.mask_padded_vocab(vocab_size)
     gpt.logps_chunk_size = model.logps_chunk_size
+    if config.params_dtype != torch.float32:
+        # Megatron builds its layers in params_dtype but the local spec's torch norms in fp32; megatron's
+        # 16-bit optimizer maps only 16-bit params in its checkpoint (a bf16 save failed: "Param id 9 does
+        # not match any model sharded param"). Megatron-LM casts the whole model (Float16Module); so do we.
+        for param in gpt.parameters():
+            if param.is_floating_point() and param.dtype != config.params_dtype:
+                param.data = param.data.to(config.params_dtype)
     if torch.cuda.is_available():
         # Megatron builds its linear layers on the GPU, but torch norms (local spec) on the CPU; move
         # the whole stage, as Megatron-LM's get_model does.
