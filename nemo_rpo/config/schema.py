@@ -403,10 +403,11 @@ class RPOConfig:
                "more iterations than trainer.max_steps")  # fmt: skip
         _check(self.schedule.pairs != "best_vs_random" or self.k == 2, "schedule.pairs",
                f"best_vs_random builds K=2 pairs; set k=2 (got k={self.k}) or schedule.pairs=all")  # fmt: skip
-        _check(self.k >= 2, "k", f"must be >= 2, got {self.k}")
         from nemo_rpo.losses import LOSSES
 
         spec = LOSSES[self.loss.name]
+        least = 1 if self.loss.name == "sft" and self.mode == "offline" else 2  # SFT data: one response
+        _check(self.k >= least, "k", f"must be >= {least}, got {self.k}")
         _check(not (spec.pairwise and self.k != 2), "k", f"loss {spec.name} is pairwise: set k=2"
                + (f"; {spec.pairwise_note}" if spec.pairwise_note else ""))  # fmt: skip
         _check(not (spec.token_level and self.mode != "offline"), "loss.name",

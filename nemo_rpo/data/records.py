@@ -112,8 +112,8 @@ def parse_record(
         k: The configured number of responses per prompt.
         path: Source file, for errors.
         line: Source line (or row), for errors.
-        with_rewards: nemo_aligner: the record must have both rewards (else it must have none). Native
-            records always have rewards, trl records never.
+        with_rewards: nemo_aligner and native: the record must have its rewards (else it must have
+            none; a native file without rewards keeps its responses in file order). trl records never have any.
         implicit_prompt: trl: no ``prompt`` field; it is the shared beginning of ``chosen`` and ``rejected``.
         unit: ``line`` or ``row``, for errors.
 
@@ -138,10 +138,15 @@ def parse_record(
         prompt = fields.prompt()
         responses = fields.response_list("responses", k)
         response_fields = [f"responses[{i}]" for i in range(k)]
-        rewards = fields.reward_list("rewards", k)
-        order = sorted(range(k), key=lambda i: -rewards[i])  # stable: ties keep file order
-        responses, rewards = [responses[i] for i in order], [rewards[i] for i in order]
-        response_fields = [response_fields[i] for i in order]
+        if with_rewards:
+            rewards = fields.reward_list("rewards", k)
+            order = sorted(range(k), key=lambda i: -rewards[i])  # stable: ties keep file order
+            responses, rewards = [responses[i] for i in order], [rewards[i] for i in order]
+            response_fields = [response_fields[i] for i in order]
+        elif "rewards" in record:
+            raise fields.error(
+                "rewards", "present, but the first record has none; give every record rewards or none"
+            )
     else:
         prompt = fields.prompt()
         response_fields = list(_PAIR_FIELDS[fmt])
@@ -192,7 +197,7 @@ def read_preference_records(
         if fmt == "auto":
             fmt = detect_format(obj, path=name, line=line, unit=unit)
         if not records:  # the first record decides for the whole file
-            with_rewards = require_rewards or any(name_ in obj for name_ in _PAIR_REWARDS)
+            with_rewards = require_rewards or any(name_ in obj for name_ in (*_PAIR_REWARDS, "rewards"))
             implicit_prompt = fmt == "trl" and "prompt" not in obj
         rec = parse_record(obj, fmt, k=k, path=name, line=line, with_rewards=with_rewards,
                            implicit_prompt=implicit_prompt, unit=unit)  # fmt: skip

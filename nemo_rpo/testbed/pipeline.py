@@ -43,7 +43,7 @@ from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import configure_cpu, init_distributed, teardown_distributed
 from nemo_rpo.testbed.methods import MethodSpec, method_spec
 from nemo_rpo.testbed.report import aggregate, findings, format_findings, format_table, write_plots
-from nemo_rpo.testbed.tasks import JUDGE, make_splits
+from nemo_rpo.testbed.tasks import JUDGE, demonstrations, make_splits
 from nemo_rpo.training.checkpoint import find_latest_checkpoint
 
 __all__ = ["run_testbed"]
@@ -103,7 +103,7 @@ def _write_splits(cfg: TestbedConfig, root: Path) -> dict[str, Path]:
                          num_test=s.num_test, num_ood=s.num_ood, seed=cfg.data_seed)  # fmt: skip
     folder = root / "data"
     paths = {"sft": folder / "sft.jsonl"}
-    write_jsonl(splits.sft, paths["sft"])
+    write_jsonl(demonstrations(splits.sft, cfg.sft_demos, cfg.data_seed), paths["sft"])
     for name in ("pref", "valid", "test", "ood"):
         paths[name] = write_jsonl(
             [{"prompt": p} for p in getattr(splits, name)], folder / f"{name}_prompts.jsonl"
@@ -160,7 +160,7 @@ def _train_sft(cfg: TestbedConfig, exp_dir: Path, data: Path) -> None:
     from nemo_rpo.config.schema import LossConfig
 
     steps = cfg.scale.sft_steps
-    train_offline(_rpo_config(cfg, exp_dir, mode="offline", loss=LossConfig(name="sft"), k=2, seed=cfg.data_seed,
+    train_offline(_rpo_config(cfg, exp_dir, mode="offline", loss=LossConfig(name="sft"), k=1, seed=cfg.data_seed,
                               steps=steps, lr=cfg.sft_lr, batch_size=cfg.batch_size, save_interval=steps,
                               train_path=data))  # fmt: skip
 
@@ -287,8 +287,9 @@ def _evaluate_sft(cfg: TestbedConfig, root: Path, tokenizer, sft_dir: Path, sets
     if not path.is_file():
         evaluator = _evaluator(cfg, tokenizer, sft_dir)
         evaluator.load(find_latest_checkpoint(sft_dir))
-        rows = {name: _score(prompts, evaluator.responses(prompts)) for name, prompts in sets.items()}
-        rows["samples"] = {name: evaluator.responses(prompts[:8]) for name, prompts in sets.items()}
+        responses = {name: evaluator.responses(prompts) for name, prompts in sets.items()}
+        rows = {name: _score(prompts, responses[name]) for name, prompts in sets.items()}
+        rows["responses"] = responses
         path.write_text(json.dumps(rows))
     return json.loads(path.read_text())
 
@@ -309,7 +310,11 @@ def _run_and_evaluate(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: 
         from nemo_rpo.rewards.megatron_rm import MegatronRewardModel
 
         learnt = MegatronRewardModel(rm_dir)
-    curve = []
+    # Step 0, the SFT policy itself, is a selection candidate like any saved checkpoint.
+    curve = [{"step": 0, "checkpoint": None, "valid_reward": _mean(baseline["valid"]), "kl": 0.0}]
+    if learnt is not None:
+        texts = [p.text for p in sets["valid"]]
+        curve[0]["valid_learnt_reward"] = _mean(learnt.score(texts, baseline["responses"]["valid"]).tolist())
     for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
         if not (ckpt / "COMPLETE").is_file():
             continue
@@ -324,9 +329,12 @@ def _run_and_evaluate(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: 
         curve.append(point)
     # Appendix F: the best checkpoint by valid reward; iterative runs: the checkpoint ending each iteration.
     per_iter = spec.iterations > 1
-    chosen = curve if per_iter else [max(curve, key=lambda p: p["valid_reward"])]
+    chosen = curve[1:] if per_iter else [max(curve, key=lambda p: p["valid_reward"])]  # ties: the earlier
     selections = []
     for point in chosen:
+        if point["step"] == 0:
+            selections.append({"step": 0, "kl": 0.0, **{name: {"rewards": baseline[name]} for name in sets}})
+            continue
         evaluator.load(point["checkpoint"])
         sel = {"step": point["step"], "kl": point["kl"]}
         for name, prompts in sets.items():

@@ -10,6 +10,15 @@ between 0.2 and 1 per prompt.
 
 All splits come from one seeded pool, de-duplicated, so SFT, preference, valid and test prompts are
 pairwise disjoint.
+
+The SFT demonstrations are of mixed quality, as real SFT data are (:func:`demonstrations`): a share
+of them is the bare correct answer, the rest shows two typical flaws of a careless demonstrator, a
+chatty sign-off after the answer (``aqfk ok!``) and an answer stopped half-way. Which one a prompt
+gets does not depend on the prompt, so the SFT policy learns the task *and* the flaws, greedy decoding
+follows the most frequent behaviour, and its samples for one prompt differ in quality: the judge's
+preferences carry a signal the demonstrations alone do not, which is what preference optimization is
+for. (With correct demonstrations only, the policy's remaining errors are those of its capacity, which
+sequence-level rewards on a few samples barely move: ``docs/learning.md``.)
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from dataclasses import dataclass
 
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 
-__all__ = ["JUDGE", "Splits", "make_splits"]
+__all__ = ["FLAWS", "JUDGE", "Splits", "demonstrations", "make_splits"]
 
 JUDGE = "nemo_rpo.rewards.judges:synthetic_task_reward"
 
@@ -52,6 +61,28 @@ def make_splits(
     sft, rest = pool[:num_sft], [r["prompt"] for r in pool[num_sft:]]
     pref, valid, test = rest[:num_pref], rest[num_pref : num_pref + num_valid], rest[num_pref + num_valid :]
     return Splits(sft=sft, pref=pref, valid=valid, test=test, ood=_ood_prompts(num_ood, seed))
+
+
+FLAWS = ("chatty", "truncated")  # the demonstrator's mistakes, besides answering correctly
+SIGN_OFF = " ok!"  # what a chatty demonstration adds after its answer
+
+
+def demonstrations(sft: list[dict], mix: dict[str, float], seed: int) -> list[dict]:
+    """One demonstration per SFT record, drawn from ``mix`` (``correct`` and each of :data:`FLAWS`).
+
+    Returns native records ``{"prompt", "responses": [demonstration], "kind"}``; ``kind`` says which
+    behaviour was drawn (for reports; the trainer ignores it).
+    """
+    rng = random.Random(f"demos-{seed}")
+    kinds = sorted(mix)
+    out = []
+    for record in sft:
+        answer = record["responses"][record["rewards"].index(max(record["rewards"]))]
+        kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
+        text = {"correct": answer, "chatty": answer + SIGN_OFF,
+                "truncated": answer[: max(1, len(answer) // 2)].rstrip()}[kind]  # fmt: skip
+        out.append({"prompt": record["prompt"], "responses": [text], "kind": kind})
+    return out
 
 
 def _ood_prompts(n: int, seed: int) -> list[str]:

@@ -11,12 +11,10 @@ import pytest
 pytestmark = pytest.mark.functional
 
 QUICK_METHODS = ["dpo", "rpo_bwd_k4", "online_rpo_bwd_gt", "online_rpo_sqloo_gt", "online_rpo_bwd_learnt"]
-# Measured (2-core Intel Xeon, seed 1), 2026-12-05, after the vocabulary padding left the softmax: the SFT
-# policy is stronger (valid reward 0.211, was 0.147) and 15 online steps at the shared lr 1e-3 no longer
-# beat it (selected checkpoints: rpo_bwd 0.173, rpo_sqloo 0.204; before the fix 0.214 and 0.238), so
-# "online beats SFT" is not asserted here: it is the open target of the alignment issue (docs/learning.md).
-# What holds with a wide margin is Figure 4: along online training against the learnt RM, the RM's reward
-# of the valid generations rises (1.46 -> 1.85) while the judge's stays below SFT's (0.09-0.12).
+# What is robust at this size (docs/testbed.md, measured on a 2-core Intel Xeon, seed 1, 2026-12-06): the SFT
+# policy learnt from mixed-quality demonstrations scores 0.576 on valid; 40 online rpo_bwd steps with the judge
+# raise it to 0.68 and win 69.5% [61.5, 77.6] of the test prompts against SFT; against the learnt RM the RM's
+# reward rises at every checkpoint (-0.17 -> 0.60) while the judge's peaks (0.628) and falls (0.589).
 
 
 def _finite_ci(stat: dict) -> bool:
@@ -42,18 +40,17 @@ def test_quick_testbed(tmp_path):
                 assert 0.0 <= m[s][metric]["mean"] <= 1.0
         assert math.isfinite(m["kl"]["mean"]) and m["wall_time_s"] > 0
         assert m["ci_over"] == "prompts" and len(m["per_seed"]) == 1
-    sft_valid = results["sft"]["valid"]["reward"]["mean"]
+    online = results["methods"]["online_rpo_bwd_gt"]["test"]
+    assert online["win_rate"]["lo"] > 0.5, online  # online rpo-bwd beats SFT, paired over test prompts
+    assert online["diff_vs_sft"]["lo"] > 0.0, online
+    verdicts = {f["name"]: f for f in results["findings"]}
+    # Against the learnt RM: the RM's reward rises while the judge's falls from its peak.
+    assert verdicts["figure 4"]["held"], verdicts["figure 4"]
     for curve in results["curves"]["online_rpo_bwd_learnt"]:
-        assert all(math.isfinite(p["valid_learnt_reward"]) for p in curve)
-        learnt = [p["valid_learnt_reward"] for p in curve]
-        assert learnt[-1] > learnt[0], learnt  # the learnt RM's reward rises ...
-        assert max(p["valid_reward"] for p in curve) < sft_valid, (
-            curve,
-            sft_valid,
-        )  # ... the judge's does not
+        assert curve[0]["step"] == 0 and all(math.isfinite(p["valid_learnt_reward"]) for p in curve)
     assert (exp / "figure2_online_bwd_vs_sqloo.png").stat().st_size > 0
     assert (exp / "figure4_judge_vs_learnt_rm.png").stat().st_size > 0
-    assert "online_rpo_sqloo_gt" in proc.stdout and "95% CIs over prompts" in proc.stdout
+    assert "online_rpo_sqloo_gt" in proc.stdout and "95% CIs over prompts (one seed)" in proc.stdout
 
 
 def test_bad_override_is_one_line():

@@ -47,6 +47,21 @@ def test_sort_is_stable_for_tied_rewards(tmp_path):
     assert parsed.responses == ["b", "d", "a", "c"]
 
 
+def test_native_without_rewards_keeps_file_order_when_rewards_are_optional(tmp_path):
+    # SFT data (loss=sft, k=1): one demonstration per prompt, no rewards; a later record with rewards is an error.
+    path = write(tmp_path, [{"prompt": "p", "responses": ["x"]}, {"prompt": "q", "responses": ["y"]}])
+    records, fmt = read_preference_records(path, k=1, require_rewards=False)
+    assert fmt == "native" and [(r.responses, r.rewards) for r in records] == [(["x"], None), (["y"], None)]
+    with pytest.raises(DataError, match="rewards"):
+        read_preference_records(path, k=1, require_rewards=True)
+    mixed = write(
+        tmp_path, [{"prompt": "p", "responses": ["x"]}, {"prompt": "q", "responses": ["y"], "rewards": [1]}]
+    )
+    with pytest.raises(DataError) as err:
+        read_preference_records(mixed, k=1, require_rewards=False)
+    assert (err.value.line, err.value.field) == (2, "rewards")
+
+
 def test_nemo_aligner_keeps_chosen_first_even_when_its_reward_is_lower(tmp_path):
     low = {**NEMO, "chosen_reward": -1.5}
     records, fmt = read_preference_records(write(tmp_path, [NEMO, low]), k=2)
