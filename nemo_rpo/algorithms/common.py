@@ -12,14 +12,17 @@ from pathlib import Path
 import torch
 from megatron.core.utils import unwrap_model
 
+from nemo_rpo.algorithms.judge_eval import embedded_task, held_out_prompts, judge_reward, report_judge
 from nemo_rpo.config.schema import ConfigError, LossConfig, RPOConfig
 from nemo_rpo.data.batch import PreferenceBatch, collate, packed_length, round_up
 from nemo_rpo.data.errors import DataError
 from nemo_rpo.data.jsonl import write_jsonl
-from nemo_rpo.data.preference import PreferenceExample
+from nemo_rpo.data.preference import PreferenceDataset, PreferenceExample, load_preference_dataset
 from nemo_rpo.data.sampler import split_micro_batches
+from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_state
+from nemo_rpo.training.builder import save_resolved_config
 from nemo_rpo.training.checkpoint import (
     checkpoint_layout,
     checkpoint_scheduler_state,
@@ -27,6 +30,7 @@ from nemo_rpo.training.checkpoint import (
     find_latest_checkpoint,
     load_checkpoint,
 )  # fmt: skip
+from nemo_rpo.training.logger import console_line, step_metrics
 from nemo_rpo.training.optimizer import schedule_change
 from nemo_rpo.training.step import NonFiniteStepsError, StepResult
 
@@ -67,6 +71,43 @@ def iteration_plan(cfg: RPOConfig) -> list[Iteration]:
 
 def iteration_at(plan: Sequence[Iteration], step: int) -> Iteration:
     return next(it for it in plan if it.start <= step < it.end)
+
+
+class PolicyAlgorithm:
+    """What offline and online RPO hand the trainer alike (:mod:`nemo_rpo.algorithms.trainer`): the policy's
+    metrics and console line, the iteration in each checkpoint, and on the embedded task the held-out
+    judge check before the first step and after the last. Subclasses set ``info``, ``tokenizer``,
+    ``model``, ``optimizer``, ``scheduler`` in ``build``."""
+
+    def __init__(self, cfg: RPOConfig) -> None:
+        self.cfg = cfg
+        self.plan = iteration_plan(cfg)
+        self.held_out, self.judged = None, {}
+
+    def judge_before(self, start: int) -> None:
+        self.held_out = held_out_prompts(self.cfg, self.tokenizer) if embedded_task(self.cfg) else None
+        if self.held_out:
+            self.judged = {start: judge_reward(self.cfg, self.model, self.tokenizer, self.held_out)}
+
+    def finish(self) -> None:
+        if self.held_out:
+            self.judged[self.cfg.trainer.max_steps] = judge_reward(
+                self.cfg, self.model, self.tokenizer, self.held_out
+            )
+            report_judge(self.judged, self.info, self.cfg.exp_dir)
+
+    def metrics(self, step: int, result: StepResult, seconds: float) -> dict:
+        return step_metrics(step, result.report, result.grad_norm, result.lr, seconds)
+
+    def console_line(self, metrics: dict) -> str:
+        return console_line(metrics, self.cfg.trainer.max_steps)
+
+    def checkpoint_extra(self, step: int) -> dict:
+        return {"iteration": iteration_at(self.plan, step).index}
+
+    def ends_iteration(self, step: int) -> bool:
+        """Whether 1-based ``step`` is the last of its iteration."""
+        return step == iteration_at(self.plan, step - 1).end
 
 
 def microbatches(
@@ -202,6 +243,40 @@ def staged_jsonl(records: Sequence[dict], path: str | Path) -> Iterator[str]:
             if err.path == staged:
                 err.path = str(path)
             raise
+
+
+def read_preferences(cfg, tokenizer, path: str | None, *, k: int, require_rewards: bool) -> PreferenceDataset:
+    """Tokenized preference data from ``path`` (its ``path`` attribute set for errors and the sampler).
+
+    ``cfg`` is a run config with ``exp_dir``, ``k``, ``data`` and ``model`` (policy or reward model).
+    ``path=None`` is the embedded default: the synthetic preferences with ``cfg.k`` responses, read from
+    a staged copy until :func:`save_run_files` writes them to ``exp_dir``.
+    """
+    stack = contextlib.ExitStack()
+    source = path
+    if path is None:
+        path = _embedded_path(cfg)
+        source = stack.enter_context(staged_jsonl(_embedded_records(cfg), path))
+    with stack:
+        dataset = load_preference_dataset(source, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
+                                          require_rewards=require_rewards)  # fmt: skip
+    dataset.path = str(path)
+    return dataset
+
+
+def save_run_files(cfg, info: ParallelInfo) -> None:
+    """Rank 0 writes ``config.yaml`` and the embedded data (when used) to ``exp_dir``, once checks passed."""
+    save_resolved_config(cfg, info)
+    if info.rank == 0 and cfg.data.train_path is None:
+        write_jsonl(_embedded_records(cfg), _embedded_path(cfg))
+
+
+def _embedded_path(cfg) -> Path:
+    return Path(cfg.exp_dir) / "data" / f"synthetic_k{cfg.k}.jsonl"
+
+
+def _embedded_records(cfg) -> list[dict]:
+    return make_synthetic_preferences(512, cfg.k, seed=0)
 
 
 def maybe_resume(cfg, model, optimizer, scheduler, info: ParallelInfo) -> dict:

@@ -15,9 +15,7 @@ per prompt from the current policy, scored by the reward model (``schedule.pairs
 
 from __future__ import annotations
 
-import contextlib
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -25,102 +23,78 @@ from megatron.core import parallel_state
 
 from nemo_rpo.algorithms.common import (
     Iteration,
+    PolicyAlgorithm,
     RunSummary,
-    check_resume,
-    count_skipped,
-    emit,
     init_weights_from,
-    iteration_plan,
-    maybe_resume,
+    iteration_at,
     microbatches,
-    progress_bar,
-    should_save,
-    staged_jsonl,
+    read_preferences,
+    save_run_files,
     table_lookup,
 )  # fmt: skip
-from nemo_rpo.algorithms.judge_eval import embedded_task, held_out_prompts, judge_reward, report_judge
 from nemo_rpo.algorithms.rollout import rollout
+from nemo_rpo.algorithms.trainer import train
 from nemo_rpo.config.schema import RPOConfig
 from nemo_rpo.data.errors import DataError
 from nemo_rpo.data.jsonl import write_jsonl
-from nemo_rpo.data.preference import PreferenceDataset, add_kl_pairs, load_preference_dataset
+from nemo_rpo.data.preference import PreferenceDataset, add_kl_pairs
 from nemo_rpo.data.prompts import prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
-from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
+from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.losses import LOSSES
 from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.training import reference
-from nemo_rpo.training.builder import build_policy, save_resolved_config
-from nemo_rpo.training.checkpoint import find_latest_checkpoint, save_checkpoint
-from nemo_rpo.training.logger import MetricsLogger, console_line, step_metrics
-from nemo_rpo.training.step import sequence_logps, train_step
+from nemo_rpo.training.builder import build_policy
+from nemo_rpo.training.checkpoint import find_latest_checkpoint
+from nemo_rpo.training.step import StepResult, sequence_logps, train_step
 
 
 def train_offline(cfg: RPOConfig) -> RunSummary:
     """Alg. 1: for t = 1..T, sample a batch, compute the RPO objective, update the policy (Alg. 3: I times)."""
-    started = time.perf_counter()
-    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
-    info = init_distributed(cfg.parallel, cfg.trainer.seed)
-    if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
-        return RunSummary(0, None, None, time.perf_counter() - started)
-    tokenizer = build_tokenizer(cfg.data.tokenizer)
-    dataset = _load_dataset(cfg, tokenizer, info, cfg.data.train_path)
-    _sampler(cfg, dataset, info, 0)  # a dataset smaller than one global batch fails before any write
-    model, optimizer, scheduler = build_policy(cfg, tokenizer.vocab_size)
-    init_weights_from(cfg, model, info, optimizer)  # e.g. the SFT policy; it is also the reference
-    # Resume before the reference pass: a checkpoint of another model shape fails here, and a resumed
-    # run reads the reference cache written at the initial weights (it is never recomputed).
-    resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
-    start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
-    ref_logps = _reference_logps(cfg, model, dataset, tokenizer.pad_id, info, cfg.exp_dir, resumed=start > 0)
-    _save_run_files(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
-    logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
-                           tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
-    held_out = held_out_prompts(cfg, tokenizer) if embedded_task(cfg) else None
-    judged = {start: judge_reward(cfg, model, tokenizer, held_out)} if held_out else {}
-    progress = progress_bar(cfg, info, start)
-    share_prompt = shares_prompt(cfg.model)
-    first = last = None
-    for it in iteration_plan(cfg):
-        if it.end <= start:
-            continue
-        if it.index > 0:  # Alg. 3: new data from the current policy; reference := current policy
-            dataset, ref_logps = _regenerate(
-                cfg, it, model, tokenizer, dataset, info, resumed=start > it.start
-            )
-        sampler = _sampler(cfg, dataset, info, it.index)
-        for step in range(max(start, it.start), it.end):
-            tick = time.perf_counter()
-            examples = [dataset[i] for i in sampler.indices_for_step(step - it.start)]
-            micro = microbatches(examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
-                                 share_prompt=share_prompt)  # fmt: skip
-            result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
-            skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
-            metrics = step_metrics(
-                step + 1, result.report, result.grad_norm, result.lr, time.perf_counter() - tick
-            )
-            metrics["skipped_steps"] = skipped
-            if cfg.schedule.iterations > 1:
-                metrics["iteration"] = it.index
-            first, last = first or metrics, metrics
-            if (step + 1) % cfg.trainer.log_interval == 0 or step + 1 == cfg.trainer.max_steps:
-                logger.log(metrics)
-                emit(progress, info, console_line(metrics, cfg.trainer.max_steps))
-            if progress is not None:
-                progress.update(1)
-            if should_save(cfg, step + 1) or (step + 1 == it.end and cfg.schedule.iterations > 1):
-                save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
-                                {"step": step + 1, "iteration": it.index, "skipped_steps": skipped},
-                                keep_last=cfg.checkpoint.keep_last)  # fmt: skip
-    logger.close()
-    if progress is not None:
-        progress.close()
-    if held_out:
-        judged[cfg.trainer.max_steps] = judge_reward(cfg, model, tokenizer, held_out)
-        report_judge(judged, info, cfg.exp_dir)
-    return RunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
+    return train(cfg, Offline(cfg))
+
+
+class Offline(PolicyAlgorithm):
+    """Offline RPO's part of the trainer's loop: a fixed dataset, its reference table computed once per
+    iteration, and (Alg. 3) each later iteration's data regenerated from the policy."""
+
+    def build(self, info: ParallelInfo) -> None:
+        cfg = self.cfg
+        self.info, self.tokenizer = info, build_tokenizer(cfg.data.tokenizer)
+        self.dataset = _load_dataset(cfg, self.tokenizer, info, cfg.data.train_path)
+        _sampler(cfg, self.dataset, info, 0)  # a dataset smaller than one global batch fails before any write
+        self.model, self.optimizer, self.scheduler = build_policy(cfg, self.tokenizer.vocab_size)
+        # e.g. the SFT policy; it is also the reference
+        init_weights_from(cfg, self.model, info, self.optimizer)
+        self.share_prompt = shares_prompt(cfg.model)
+
+    def start(self, step: int) -> None:
+        # The trainer resumed before this reference pass: a checkpoint of another model shape fails first,
+        # and a resumed run reads the reference cache written at the initial weights (never recomputed).
+        self.first_step, self.iteration = step, None
+        self.ref_logps = _reference_logps(self.cfg, self.model, self.dataset, self.tokenizer.pad_id, self.info,
+                                          self.cfg.exp_dir, resumed=step > 0)  # fmt: skip
+        save_run_files(self.cfg, self.info)  # every check has passed: a failed run leaves exp_dir as it was
+        self.judge_before(step)
+
+    def step(self, step: int) -> tuple[StepResult, dict]:
+        cfg, it = self.cfg, iteration_at(self.plan, step)
+        if self.iteration != it:
+            if it.index > 0:  # Alg. 3: new data from the current policy; reference := current policy
+                self.dataset, self.ref_logps = _regenerate(cfg, it, self.model, self.tokenizer, self.dataset,
+                                                           self.info, resumed=self.first_step > it.start)  # fmt: skip
+            self.sampler, self.iteration = _sampler(cfg, self.dataset, self.info, it.index), it
+        examples = [self.dataset[i] for i in self.sampler.indices_for_step(step - it.start)]
+        micro = microbatches(examples, cfg.trainer.micro_batch_size, self.tokenizer.pad_id, self.info.device,
+                             share_prompt=self.share_prompt)  # fmt: skip
+        result = train_step(
+            self.model, self.optimizer, self.scheduler, micro, table_lookup(self.ref_logps), it.loss
+        )
+        return result, ({"iteration": it.index} if cfg.schedule.iterations > 1 else {})
+
+    def save_now(self, step: int) -> bool:
+        return self.cfg.schedule.iterations > 1 and self.ends_iteration(step)
 
 
 def _sampler(
@@ -134,17 +108,8 @@ def _sampler(
 def _load_dataset(
     cfg: RPOConfig, tokenizer, info: ParallelInfo, path: str | None, k: int | None = None
 ) -> PreferenceDataset:
-    stack = contextlib.ExitStack()
-    source = path
-    if path is None:  # the embedded default: synthetic preferences with the configured K, read from a
-        path = _embedded_path(cfg)  # staged copy until _save_run_files writes them to exp_dir
-        source = stack.enter_context(staged_jsonl(_embedded_records(cfg), path))
     info_loss = LOSSES[cfg.loss.name]
-    with stack:
-        dataset = load_preference_dataset(source, cfg.data, tokenizer, k=k or cfg.k,
-                                          max_seq_len=cfg.model.max_seq_len,
-                                          require_rewards=info_loss.needs_rewards)  # fmt: skip
-    dataset.path = str(path)
+    dataset = read_preferences(cfg, tokenizer, path, k=k or cfg.k, require_rewards=info_loss.needs_rewards)
     if info_loss.needs_rewards:
         dataset.require_rewards(cfg.loss.name)
     if info_loss.needs_kl_pairs:
@@ -156,21 +121,6 @@ def _load_dataset(
     if info.rank == 0:
         print(f"data: {dataset.path} ({dataset.format}): {dataset.stats.summary()}")
     return dataset
-
-
-def _embedded_path(cfg: RPOConfig) -> Path:
-    return Path(cfg.exp_dir) / "data" / f"synthetic_k{cfg.k}.jsonl"
-
-
-def _embedded_records(cfg: RPOConfig) -> list[dict]:
-    return make_synthetic_preferences(512, cfg.k, seed=0)
-
-
-def _save_run_files(cfg: RPOConfig, info: ParallelInfo) -> None:
-    """Rank 0 writes ``config.yaml`` and the embedded data (when used) to ``exp_dir``, once checks passed."""
-    save_resolved_config(cfg, info)
-    if info.rank == 0 and cfg.data.train_path is None:
-        write_jsonl(_embedded_records(cfg), _embedded_path(cfg))
 
 
 def _reference_logps(

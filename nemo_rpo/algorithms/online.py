@@ -20,22 +20,16 @@ import torch
 from megatron.core import parallel_state
 
 from nemo_rpo.algorithms.common import (
+    PolicyAlgorithm,
     RunSummary,
-    check_resume,
-    count_skipped,
-    emit,
     init_weights_from,
     iteration_at,
-    iteration_plan,
-    maybe_resume,
     microbatches,
-    progress_bar,
-    should_save,
     staged_jsonl,
     table_lookup,
 )  # fmt: skip
-from nemo_rpo.algorithms.judge_eval import embedded_task, held_out_prompts, judge_reward, report_judge
 from nemo_rpo.algorithms.rollout import rollout
+from nemo_rpo.algorithms.trainer import train
 from nemo_rpo.config.schema import RPOConfig
 from nemo_rpo.data.batch import round_up
 from nemo_rpo.data.jsonl import write_jsonl
@@ -44,17 +38,16 @@ from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
-from nemo_rpo.distributed.launch import ParallelInfo, configure_cpu, init_distributed
+from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.generation import MegatronGenerator, sampling_generator
 from nemo_rpo.losses import LOSSES
 from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.rewards import build_reward_model
 from nemo_rpo.training.builder import build_policy_model, save_resolved_config
-from nemo_rpo.training.checkpoint import find_latest_checkpoint, save_checkpoint
+from nemo_rpo.training.checkpoint import find_latest_checkpoint
 from nemo_rpo.training.frozen import FrozenReference
-from nemo_rpo.training.logger import MetricsLogger, console_line, step_metrics
 from nemo_rpo.training.optimizer import build_optimizer
-from nemo_rpo.training.step import train_step
+from nemo_rpo.training.step import StepResult, train_step
 
 # The embedded task's warm-up: the tiny default model starts from random weights; 400 steps at 3e-3 make
 # it a mediocre SFT policy (judge reward ~0.4 at temperature 1), with room for online RPO to improve it.
@@ -64,87 +57,75 @@ EMBEDDED_SFT_WARMUP_LR = 3e-3
 
 def train_online(cfg: RPOConfig) -> RunSummary:
     """Alg. 2 (and Alg. 4 when ``schedule.iterations > 1``)."""
-    started = time.perf_counter()
-    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
-    info = init_distributed(cfg.parallel, cfg.trainer.seed)
-    if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
-        return RunSummary(0, None, None, time.perf_counter() - started)
-    tokenizer = build_tokenizer(cfg.data.tokenizer)
-    prompts = _load_prompts(cfg, tokenizer, info)
-    sampler = GlobalBatchSampler(len(prompts), cfg.trainer.global_batch_size, info.dp_rank, info.dp_size,
-                                 seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, source=_prompts_source(cfg),
-                                 micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
-    reward_model = build_reward_model(cfg.reward)  # before the warm-up: a bad reward config fails at once
-    model = build_policy_model(cfg, tokenizer.vocab_size)
-    init_weights_from(cfg, model, info)  # the SFT policy
-    sft_data = _sft_warmup(cfg, model, tokenizer, info)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
-                                           keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
-    reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
-                                device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
-    generator = MegatronGenerator(model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                                  vocab_size=tokenizer.vocab_size)  # fmt: skip
-    plan = iteration_plan(cfg)
-    width = round_up(max(len(p.ids) for p in prompts) + cfg.generation.max_new_tokens)
-    resumed = maybe_resume(cfg, model, optimizer, scheduler, info)
-    start, skipped = int(resumed.get("step", 0)), int(resumed.get("skipped_steps", 0))
-    ref_root = Path(cfg.exp_dir) / "reference"
-    if start > iteration_at(plan, min(start, cfg.trainer.max_steps - 1)).start:
-        reference.load(ref_root)  # resumed mid-iteration: that iteration's reference
-    save_resolved_config(cfg, info)  # every check has passed: a failed run leaves exp_dir as it found it
-    if sft_data is not None and info.rank == 0:
-        write_jsonl(_sft_records(), sft_data)
-    logger = MetricsLogger(cfg.exp_dir, enabled=info.rank == info.world_size - 1,
-                           tensorboard=cfg.logging.tensorboard, resume_step=start)  # fmt: skip
-    held_out = held_out_prompts(cfg, tokenizer) if embedded_task(cfg) else None
-    judged = {start: judge_reward(cfg, model, tokenizer, held_out)} if held_out else {}
-    progress = progress_bar(cfg, info, start)
-    share_prompt = shares_prompt(cfg.model)
-    first = last = None
-    for step in range(start, cfg.trainer.max_steps):
-        it = iteration_at(plan, step)
+    return train(cfg, Online(cfg))
+
+
+class Online(PolicyAlgorithm):
+    """Online RPO's part of the trainer's loop: each step's batch is sampled from the policy and scored,
+    and the reference is a frozen copy of the policy taken at each iteration's first step."""
+
+    def build(self, info: ParallelInfo) -> None:
+        cfg = self.cfg
+        self.info, self.tokenizer = info, build_tokenizer(cfg.data.tokenizer)
+        tokenizer = self.tokenizer
+        self.prompts = _load_prompts(cfg, tokenizer, info)
+        self.sampler = GlobalBatchSampler(len(self.prompts), cfg.trainer.global_batch_size, info.dp_rank,
+                                          info.dp_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle,
+                                          source=_prompts_source(cfg), micro_batch_size=cfg.trainer.micro_batch_size)  # fmt: skip
+        # before the warm-up: a bad reward config fails at once
+        self.reward_model = build_reward_model(cfg.reward)
+        self.model = build_policy_model(cfg, tokenizer.vocab_size)
+        init_weights_from(cfg, self.model, info)  # the SFT policy
+        self.sft_data = _sft_warmup(cfg, self.model, tokenizer, info)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
+                                                         keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
+        self.reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
+                                         device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
+        self.generator = MegatronGenerator(self.model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                           vocab_size=tokenizer.vocab_size)  # fmt: skip
+        self.width = round_up(max(len(p.ids) for p in self.prompts) + cfg.generation.max_new_tokens)
+        self.share_prompt = shares_prompt(cfg.model)
+        self.ref_root = Path(cfg.exp_dir) / "reference"
+
+    def start(self, step: int) -> None:
+        cfg = self.cfg
+        if step > iteration_at(self.plan, min(step, cfg.trainer.max_steps - 1)).start:
+            self.reference.load(self.ref_root)  # resumed mid-iteration: that iteration's reference
+        save_resolved_config(cfg, self.info)  # every check has passed: a failed run leaves exp_dir as it was
+        if self.sft_data is not None and self.info.rank == 0:
+            write_jsonl(_sft_records(), self.sft_data)
+        self.judge_before(step)
+
+    def step(self, step: int) -> tuple[StepResult, dict]:
+        cfg, info, it = self.cfg, self.info, iteration_at(self.plan, step)
         if step == it.start:  # Alg. 4, line 2: pi_ref := pi (for iteration 0: the initial policy)
-            reference.copy_from(model)
-            reference.save(ref_root, step)
-        tick = time.perf_counter()
-        local = [prompts[i] for i in sampler.indices_for_step(step)]
+            self.reference.copy_from(self.model)
+            self.reference.save(self.ref_root, step)
+        local = [self.prompts[i] for i in self.sampler.indices_for_step(step)]
         draws = sampling_generator(cfg.trainer.seed + 7919 * info.dp_rank, step)
         first_row = info.dp_rank * len(local)
-        batch, gen_s, score_s = rollout(generator, reward_model, tokenizer, local, cfg.k, draws, first_row)
-        micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, tokenizer.pad_id, info.device,
-                             width=width, share_prompt=share_prompt)  # fmt: skip
+        batch, gen_s, score_s = rollout(self.generator, self.reward_model, self.tokenizer, local, cfg.k, draws,
+                                        first_row)  # fmt: skip
+        micro = microbatches(batch.examples, cfg.trainer.micro_batch_size, self.tokenizer.pad_id, info.device,
+                             width=self.width, share_prompt=self.share_prompt)  # fmt: skip
         ref_tick = time.perf_counter()
-        ref_logps = reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
+        ref_logps = (
+            self.reference.sequence_logps(micro, cfg.trainer.global_batch_size) if _uses_ref(cfg) else None
+        )
         train_tick = time.perf_counter()
-        result = train_step(model, optimizer, scheduler, micro, table_lookup(ref_logps), it.loss)
-        skipped = count_skipped(result, skipped, step + 1, cfg.trainer.max_skipped_steps)
-        done = time.perf_counter()
-        metrics = step_metrics(step + 1, result.report, result.grad_norm, result.lr, done - tick)
-        metrics["skipped_steps"] = skipped
-        metrics.update(_online_metrics(batch, ref_logps, first_row, info))
-        metrics.update(iteration=it.index, time_generate_s=gen_s, time_score_s=score_s,
-                       time_reference_s=train_tick - ref_tick, time_train_s=done - train_tick)  # fmt: skip
-        first, last = first or metrics, metrics
-        if (step + 1) % cfg.trainer.log_interval == 0 or step + 1 == cfg.trainer.max_steps:
-            logger.log(metrics)
-            emit(
-                progress,
-                info,
-                console_line(metrics, cfg.trainer.max_steps) + f" reward {metrics['reward']:.3f}",
-            )
-        if progress is not None:
-            progress.update(1)
-        if should_save(cfg, step + 1) or step + 1 == it.end:
-            save_checkpoint(cfg.exp_dir, step + 1, model, optimizer, scheduler,
-                            {"step": step + 1, "iteration": it.index, "skipped_steps": skipped},
-                            keep_last=cfg.checkpoint.keep_last)  # fmt: skip
-    logger.close()
-    if progress is not None:
-        progress.close()
-    if held_out:
-        judged[cfg.trainer.max_steps] = judge_reward(cfg, model, tokenizer, held_out)
-        report_judge(judged, info, cfg.exp_dir)
-    return RunSummary(cfg.trainer.max_steps - start, first, last, time.perf_counter() - started)
+        result = train_step(
+            self.model, self.optimizer, self.scheduler, micro, table_lookup(ref_logps), it.loss
+        )
+        extra = _online_metrics(batch, ref_logps, first_row, info)
+        extra.update(iteration=it.index, time_generate_s=gen_s, time_score_s=score_s,
+                     time_reference_s=train_tick - ref_tick, time_train_s=time.perf_counter() - train_tick)  # fmt: skip
+        return result, extra
+
+    def console_line(self, metrics: dict) -> str:
+        return super().console_line(metrics) + f" reward {metrics['reward']:.3f}"
+
+    def save_now(self, step: int) -> bool:
+        return self.ends_iteration(step)
 
 
 def _uses_ref(cfg: RPOConfig) -> bool:

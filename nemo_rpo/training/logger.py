@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import string
 from pathlib import Path
 
 from nemo_rpo.losses import pearson_from_moments
@@ -100,13 +101,19 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def console_line(metrics: dict, max_steps: int) -> str:
-    def fmt(key: str, spec: str) -> str:
-        value = metrics.get(key)
-        return "nan" if value is None else format(value, spec)
+# What a policy run prints per logged step after ``step N/T``; None (a NaN written as null) prints "nan".
+POLICY_LINE = ("loss {loss:.4f} | acc {accuracy:.3f} | corr {reward_correlation:.3f} | margin {implicit_margin:.3f} | "
+               "lr {lr:.2e} | grad_norm {grad_norm:.3f} | {tokens_per_s:.0f} tok/s")  # fmt: skip
 
-    return (
-        f"step {metrics['step']:>5d}/{max_steps} | loss {fmt('loss', '.4f')} | acc {fmt('accuracy', '.3f')} | "
-        f"corr {fmt('reward_correlation', '.3f')} | margin {fmt('implicit_margin', '.3f')} | "
-        f"lr {fmt('lr', '.2e')} | grad_norm {fmt('grad_norm', '.3f')} | {fmt('tokens_per_s', '.0f')} tok/s"
-    )
+
+class _NanFormatter(string.Formatter):
+    def get_value(self, key, args, kwargs):  # noqa: ANN001, ANN201 - string.Formatter's signature
+        return kwargs.get(key)
+
+    def format_field(self, value, format_spec: str) -> str:  # noqa: ANN001
+        return "nan" if value is None else super().format_field(value, format_spec)
+
+
+def console_line(metrics: dict, max_steps: int, template: str = POLICY_LINE) -> str:
+    """``step N/T | ...``: ``template``'s fields filled from ``metrics`` (missing or null ones print nan)."""
+    return f"step {metrics['step']:>5d}/{max_steps} | " + _NanFormatter().format(template, **metrics)

@@ -8,21 +8,19 @@ of a prompt stay in one micro-batch, so every pair of a prompt is seen together.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_model_config
 
 from nemo_rpo.config.rm_schema import RMTrainConfig
 from nemo_rpo.data.batch import PreferenceBatch
 from nemo_rpo.losses.reward_model import bradley_terry_loss, regression_loss
 from nemo_rpo.models.reward import build_reward_model, sequence_lengths
 from nemo_rpo.training.optimizer import build_optimizer, wrap_ddp
-from nemo_rpo.training.step import StepResult, grads_finite, reduce_report, share_table
+from nemo_rpo.training.step import StepResult, optimizer_step, run_schedule, share_table
 
 __all__ = [
+    "RM_LINE",
     "RM_REPORT_KEYS",
     "build_reward_trainer",
     "rm_losses",
@@ -34,6 +32,11 @@ __all__ = [
 # Scalars summed over micro-batches and data-parallel ranks, in this order; divided once when logged.
 RM_REPORT_KEYS = ("loss_sum", "loss_count", "correct_sum", "pair_count", "score_sum", "score_sq_sum",
                   "num_scores", "num_tokens")  # fmt: skip
+
+
+# What a reward-model run prints per logged step (training.logger.console_line).
+RM_LINE = ("loss {loss:.4f} | acc {accuracy:.3f} | score {score_mean:.3f} ± {score_std:.3f} | lr {lr:.2e} | "
+           "grad_norm {grad_norm:.3f} | {tokens_per_s:.0f} tok/s")  # fmt: skip
 
 
 def build_reward_trainer(cfg: RMTrainConfig, vocab_size: int):
@@ -102,46 +105,11 @@ def _forward_step(objective: str):
     return forward_step
 
 
-def _run_schedule(
-    model: list, microbatches: Sequence[PreferenceBatch], forward_step, forward_only: bool
-) -> list:
-    first = microbatches[0]
-    return get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iter(microbatches),
-        model=model,
-        num_microbatches=len(microbatches),
-        seq_length=first.input_ids.shape[1],
-        micro_batch_size=first.input_ids.shape[0],
-        forward_only=forward_only,
-    )
-
-
 def train_rm_step(
     model: list, optimizer, scheduler, microbatches: Sequence[PreferenceBatch], objective: str
 ) -> StepResult:
-    """Forward/backward over this rank's micro-batches, then one optimizer step."""
-    for chunk in model:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
-    outputs = _run_schedule(model, microbatches, _forward_step(objective), forward_only=False)
-    report = reduce_report(outputs, RM_REPORT_KEYS)
-    # As in train_step: a non-finite loss or gradient skips the update (fp16: megatron's scaler decides).
-    fp16 = get_model_config(model[0]).fp16
-    non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
-    ok, grad_norm = False, None
-    lr = optimizer.param_groups[0]["lr"]  # the rate this step applies
-    if not non_finite:
-        ok, grad_norm, _ = optimizer.step()
-    if ok:
-        scheduler.step(increment=1)
-    return StepResult(
-        report=report,
-        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-        lr=float(lr),
-        skipped=not ok,
-        non_finite=non_finite,
-    )
+    """Forward/backward over this rank's micro-batches, then one optimizer step (skipped when not finite)."""
+    return optimizer_step(model, optimizer, scheduler, microbatches, _forward_step(objective), RM_REPORT_KEYS)
 
 
 @torch.no_grad()
@@ -176,7 +144,7 @@ def score_microbatches(
 
             return output, loss_func
 
-        outputs = _run_schedule(model, microbatches, forward_step, forward_only=True)
+        outputs = run_schedule(model, microbatches, forward_step, forward_only=True)
         for chunk, was_training in zip(model, training):
             chunk.train(was_training)
         for out in outputs:

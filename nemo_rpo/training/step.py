@@ -67,7 +67,8 @@ def _forward_step(ref_lookup: Callable[[PreferenceBatch], torch.Tensor | None], 
     return forward_step
 
 
-def _run_schedule(model, microbatches: Sequence[PreferenceBatch], forward_step, forward_only: bool) -> list:
+def run_schedule(model, microbatches: Sequence[PreferenceBatch], forward_step, forward_only: bool) -> list:
+    """Megatron's forward/backward schedule (1F1B when pp > 1) over this rank's micro-batches."""
     first = microbatches[0]
     return get_forward_backward_func()(
         forward_step_func=forward_step,
@@ -99,11 +100,25 @@ def train_step(
     loss: LossConfig,
 ) -> StepResult:
     """Forward/backward over this rank's micro-batches, then one optimizer step (Alg. 1, lines 3–5)."""
+    return optimizer_step(
+        model, optimizer, scheduler, microbatches, _forward_step(ref_lookup, loss), REPORT_KEYS
+    )
+
+
+def optimizer_step(
+    model: list,
+    optimizer,
+    scheduler,
+    microbatches: Sequence[PreferenceBatch],
+    forward_step,
+    keys: Sequence[str],
+) -> StepResult:
+    """One step of any model (policy or reward model): forward/backward through the schedule, the
+    report (``keys``, summed over the global batch), then the update unless it is not finite."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    outputs = _run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=False)
-    report = reduce_report(outputs)
+    report = reduce_report(run_schedule(model, microbatches, forward_step, forward_only=False), keys)
     # fp16 gradients are loss-scaled: megatron's scaler checks them (and backs off) in optimizer.step().
     fp16 = get_model_config(model[0]).fp16
     non_finite = not math.isfinite(report["loss_sum"]) or (not fp16 and not grads_finite(model))
@@ -130,7 +145,7 @@ def loss_report(
     loss: LossConfig,
 ) -> dict[str, float]:
     """The report :func:`train_step` would return for these micro-batches, forward only, with no update."""
-    outputs = _run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=True)
+    outputs = run_schedule(model, microbatches, _forward_step(ref_lookup, loss), forward_only=True)
     return reduce_report(outputs)
 
 
@@ -197,7 +212,7 @@ def sequence_logps(
 
         return output, loss_func
 
-    outputs = _run_schedule(model, microbatches, forward_step, forward_only=True)
+    outputs = run_schedule(model, microbatches, forward_step, forward_only=True)
     for chunk in model:
         chunk.train()
     table = torch.zeros(num_examples, r, *([] if token_width is None else [token_width]), dtype=torch.float64)
