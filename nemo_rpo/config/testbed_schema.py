@@ -13,7 +13,7 @@ from typing import Optional
 
 from nemo_rpo.config.schema import LossConfig, ModelConfig, _check
 
-__all__ = ["METHODS", "ScaleConfig", "TestbedConfig"]
+__all__ = ["METHODS", "ScaleConfig", "TestbedConfig", "TunedConfig"]
 
 # The paper's grid (Table 2 rows, then Table 4's iterative runs); see nemo_rpo.testbed.methods.
 METHODS = (
@@ -91,6 +91,23 @@ def _losses() -> dict[str, LossConfig]:
 
 
 @dataclass
+class TunedConfig:
+    """One method's searched hyper-parameters; None = the shared default."""
+
+    lr: Optional[float] = None
+    beta: Optional[float] = None
+    eta: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "beta", "eta"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, name, f"must be > 0, got {value}")
+
+    def values(self) -> dict[str, float]:
+        return {k: v for k, v in (("lr", self.lr), ("beta", self.beta), ("eta", self.eta)) if v is not None}
+
+
+@dataclass
 class TestbedConfig:
     """Top-level config of ``nemo-rpo-testbed``.
 
@@ -101,6 +118,17 @@ class TestbedConfig:
 
     exp_dir: str = "runs/testbed"
     quick: bool = False
+    # search=true: Appendix F's per-method search on the valid split (first seed) instead of the grid;
+    # writes search.json and the `tuned` block to commit below.
+    search: bool = False
+    search_space: dict[str, list[float]] = field(
+        default_factory=lambda: {"lr": [1e-4, 3e-4], "beta": [0.03, 0.1, 0.3], "eta": [3.0, 10.0, 30.0]}
+    )
+    # Per-method hyper-parameters chosen by the search (tuned.<method>.lr / .beta / .eta); a value left
+    # null falls back to `losses` and offline_lr / online_lr. Iterative runs use their one-iteration method's.
+    tuned: dict[str, TunedConfig] = field(
+        default_factory=lambda: {m: TunedConfig() for m in METHODS if not m.startswith("iter_")}
+    )
     debug: bool = False  # show full tracebacks on errors
     data_seed: int = 0  # prompts, splits and the SFT/preference/RM stages (shared by all seeds)
     num_threads: Optional[int] = None  # CPU intra-op threads; None = torch's default
@@ -142,6 +170,16 @@ class TestbedConfig:
         )
         _check(all(v >= 0 for v in self.sft_demos.values()) and abs(sum(self.sft_demos.values()) - 1) < 1e-6,
                "sft_demos", f"shares must be >= 0 and sum to 1, got {dict(self.sft_demos)}")  # fmt: skip
+        for key, values in self.search_space.items():
+            _check(
+                key in ("lr", "beta", "eta"),
+                f"search_space.{key}",
+                "unknown; the search varies lr, beta, eta",
+            )
+            _check(len(values) >= 1 and all(v > 0 for v in values), f"search_space.{key}", "needs values > 0")
+        for method in self.tuned:
+            _check(method in METHODS and not method.startswith("iter_"), f"tuned.{method}",
+                   "unknown method; iterative runs use their one-iteration method's values")  # fmt: skip
         _check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         for name in ("batch_size", "online_batch_size"):
             _check(getattr(self, name) % self.micro_batch_size == 0, name,

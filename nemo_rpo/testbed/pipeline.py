@@ -16,6 +16,8 @@ process on CPU).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import json
 import random
 import time
@@ -28,6 +30,7 @@ from nemo_rpo.config.schema import (
     DataConfig,
     GenerationConfig,
     LoggingConfig,
+    LossConfig,
     OnlineConfig,
     OptimConfig,
     ParallelConfig,
@@ -36,7 +39,7 @@ from nemo_rpo.config.schema import (
     ScheduleConfig,
     TrainerConfig,
 )  # fmt: skip
-from nemo_rpo.config.testbed_schema import TestbedConfig
+from nemo_rpo.config.testbed_schema import TestbedConfig, TunedConfig
 from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.prompts import prompts_from_texts
 from nemo_rpo.data.tokenizer import build_tokenizer
@@ -46,7 +49,7 @@ from nemo_rpo.testbed.report import aggregate, findings, format_findings, format
 from nemo_rpo.testbed.tasks import JUDGE, demonstrations, make_splits
 from nemo_rpo.training.checkpoint import find_latest_checkpoint
 
-__all__ = ["run_testbed"]
+__all__ = ["method_hparams", "run_search", "run_testbed"]
 
 PREF_SAMPLES = 4  # K samples per preference prompt; the K=2 data pairs the best with a random other
 KEEP_ALL = 10_000  # checkpoints kept per run: every one is a candidate for selection
@@ -71,6 +74,8 @@ def run_testbed(cfg: TestbedConfig) -> dict:
         sets = {name: prompts_from_texts(_texts(data[name]), tokenizer, max_prompt_len=96)
                 for name in ("valid", "test", "ood")}  # fmt: skip
         baseline = _evaluate_sft(cfg, root, tokenizer, sft_dir, sets)
+        if cfg.search:
+            return run_search(cfg, root, data, prefs, sft_dir, rm_dir, tokenizer, sets, baseline)
         evals: dict[str, list[dict]] = {}
         for name in scale.methods:
             spec = method_spec(name, scale.iterations)
@@ -91,6 +96,47 @@ def run_testbed(cfg: TestbedConfig) -> dict:
         return results
     finally:
         teardown_distributed()
+
+
+def search_candidates(cfg: TestbedConfig, spec: MethodSpec) -> list[dict[str, float]]:
+    """Appendix F's grid for one method: lr x beta, and eta for rpo_bwd (rpo_sqloo fixes eta=1, as the paper)."""
+    keys = ["lr", "beta"] + (["eta"] if spec.loss.endswith("bwd") else [])  # rpo_bwd, rpo_token_bwd
+    return [dict(zip(keys, values)) for values in itertools.product(*(cfg.search_space[k] for k in keys))]
+
+
+def run_search(cfg: TestbedConfig, root: Path, data: dict, prefs: dict, sft_dir: Path, rm_dir: Path | None,
+               tokenizer, sets: dict, baseline: dict) -> dict:  # fmt: skip
+    """Train every candidate of every one-iteration method with the first seed; keep the best on valid.
+
+    Only the valid split is generated and scored (selection never sees test or OOD). A candidate's score
+    is its best checkpoint's valid reward, step 0 (SFT) included; ties go to the earlier candidate.
+    Writes ``search.json`` (every candidate's score, the chosen values) and prints the ``tuned`` block.
+    """
+    seed, valid = cfg.scale.seeds[0], {"valid": sets["valid"]}
+    out: dict = {"seed": seed, "space": dict(cfg.search_space), "candidates": {}, "tuned": {}}
+    for name in cfg.scale.methods:
+        spec = method_spec(name, cfg.scale.iterations)
+        if spec.iterations > 1:
+            continue  # iterative runs use their one-iteration method's values (method_hparams)
+        rows = []
+        for cand in search_candidates(cfg, spec):
+            tag = "_".join(f"{k}{v:g}" for k, v in cand.items())
+            trial = dataclasses.replace(cfg, tuned={**cfg.tuned, name: TunedConfig(**cand)})
+            run_dir = root / "search" / name / tag / f"seed{seed}"
+            result = _run_and_evaluate(trial, spec, seed, run_dir, data, prefs, sft_dir, rm_dir,
+                                       tokenizer, valid, baseline)  # fmt: skip
+            best = max(result["curve"], key=lambda p: p["valid_reward"])
+            rows.append({**cand, "valid_reward": best["valid_reward"], "step": best["step"]})
+            print(f"search {name} {tag}: valid {best['valid_reward']:.4f} at step {best['step']}", flush=True)
+        win = max(rows, key=lambda r: r["valid_reward"])
+        out["candidates"][name] = rows
+        out["tuned"][name] = {k: win[k] for k in rows[0] if k not in ("valid_reward", "step")}
+    (root / "search.json").write_text(json.dumps(out, indent=2))
+    print("tuned:  # conf/testbed.yaml, chosen on valid with seed", seed, flush=True)
+    for name, values in out["tuned"].items():
+        print(f"  {name}: {{{', '.join(f'{k}: {v:g}' for k, v in values.items())}}}", flush=True)
+    print(f"search: {root / 'search.json'}", flush=True)
+    return out
 
 
 def _texts(path: Path) -> list[str]:
@@ -157,7 +203,6 @@ def _rpo_config(cfg: TestbedConfig, exp_dir: Path, *, mode: str, loss, k: int, s
 
 def _train_sft(cfg: TestbedConfig, exp_dir: Path, data: Path) -> None:
     from nemo_rpo.algorithms.offline import train_offline
-    from nemo_rpo.config.schema import LossConfig
 
     steps = cfg.scale.sft_steps
     train_offline(_rpo_config(cfg, exp_dir, mode="offline", loss=LossConfig(name="sft"), k=1, seed=cfg.data_seed,
@@ -241,10 +286,22 @@ def _build_preferences(cfg: TestbedConfig, root: Path, tokenizer, sft_dir: Path,
     return {**paths, "stats": json.loads(paths["stats"].read_text())}
 
 
+def method_hparams(cfg: TestbedConfig, spec: MethodSpec) -> tuple[LossConfig, float]:
+    """The loss config and learning rate of a method: ``cfg.tuned``'s entry over the shared defaults."""
+    base = spec.name.replace("iter_", "", 1) if spec.iterations > 1 else spec.name
+    base = {"offline_rpo_bwd": "rpo_bwd_k4", "online_rpo_bwd": "online_rpo_bwd_gt"}.get(base, base)
+    tuned = cfg.tuned[base].values() if base in cfg.tuned else {}
+    loss = copy.deepcopy(cfg.losses[spec.loss])
+    for key in ("beta", "eta"):
+        if key in tuned:
+            setattr(loss, key, float(tuned[key]))
+    return loss, float(tuned.get("lr", cfg.online_lr if spec.online else cfg.offline_lr))
+
+
 def _train_method(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: Path, data: dict, prefs: dict,
                   sft_dir: Path, rm_dir: Path | None) -> None:  # fmt: skip
     scale = cfg.scale
-    loss = cfg.losses[spec.loss]
+    loss, lr = method_hparams(cfg, spec)
     if spec.online:
         from nemo_rpo.algorithms.online import train_online as train
 
@@ -253,7 +310,7 @@ def _train_method(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: Path
         if spec.iterations > 1:
             interval = steps
         rpo = _rpo_config(cfg, run_dir, mode="online", loss=loss, k=spec.k, seed=seed, steps=steps * spec.iterations,
-                          lr=cfg.online_lr, batch_size=cfg.online_batch_size, save_interval=interval,
+                          lr=lr, batch_size=cfg.online_batch_size, save_interval=interval,
                           prompts_path=data["pref"], init_from=sft_dir, reward=reward, iterations=spec.iterations)  # fmt: skip
     else:
         from nemo_rpo.algorithms.offline import train_offline as train
@@ -261,7 +318,7 @@ def _train_method(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: Path
         steps = scale.offline_steps
         interval = steps if spec.iterations > 1 else scale.save_interval
         rpo = _rpo_config(cfg, run_dir, mode="offline", loss=loss, k=spec.k, seed=seed, steps=steps * spec.iterations,
-                          lr=cfg.offline_lr, batch_size=cfg.batch_size, save_interval=interval,
+                          lr=lr, batch_size=cfg.batch_size, save_interval=interval,
                           train_path=prefs[f"k{spec.k}"], init_from=sft_dir, iterations=spec.iterations)  # fmt: skip
     train(rpo)
 

@@ -59,3 +59,27 @@ def test_bad_override_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: config: methods: unknown ['nope']"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_search_scores_every_candidate_on_valid_only(tmp_path):
+    exp = tmp_path / "search"
+    small = ["small.sft_steps=8", "small.offline_steps=4", "small.online_steps=4", "small.save_interval=2",
+             "small.online_save_interval=2", "small.num_sft_prompts=64", "small.num_pref_prompts=64",
+             "small.num_valid=8", "small.num_test=8", "small.num_ood=8", "small.methods=[dpo,online_rpo_bwd_gt]"]  # fmt: skip
+    space = ["search_space.lr=[1e-4,3e-4]", "search_space.beta=[0.1]", "search_space.eta=[10]"]
+    proc = subprocess.run([sys.executable, "-m", "nemo_rpo.cli.testbed", "quick=true", "search=true",
+                           f"exp_dir={exp}", *small, *space],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads((exp / "search.json").read_text())
+    assert list(out["candidates"]) == ["dpo", "online_rpo_bwd_gt"]
+    for name, rows in out["candidates"].items():
+        assert [(r["lr"], r["beta"]) for r in rows] == [(1e-4, 0.1), (3e-4, 0.1)]
+        best = max(rows, key=lambda r: r["valid_reward"])
+        assert out["tuned"][name]["lr"] == best["lr"]
+        for r in rows:
+            run = exp / "search" / name / "_".join(f"{k}{r[k]:g}" for k in out["tuned"][name])
+            selected = json.loads((run / "seed1" / "eval.json").read_text())["selections"][0]
+            assert set(selected) == {"step", "kl", "valid"}  # test and OOD never generated during the search
+    assert "eta" in out["tuned"]["online_rpo_bwd_gt"] and "eta" not in out["tuned"]["dpo"]
+    assert not (exp / "results.json").exists() and "tuned:" in proc.stdout
