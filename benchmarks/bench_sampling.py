@@ -148,13 +148,13 @@ def load_row(row: str, model_dir: Path):  # noqa: ANN201
 
 
 def timed(row: str, sample, ids: list[list[int]], seed: int) -> dict:  # noqa: ANN001
-    """One 8 x 4 x 128 sampling call: seconds, tokens/s, peak RSS of this process so far."""
-    start = time.perf_counter()
+    """One 8 x 4 x 128 sampling call: wall and CPU seconds (all threads), tokens/s, peak RSS so far."""
+    start, cpu = time.perf_counter(), time.process_time()
     tokens = sample(seed, NEW_TOKENS, ids)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if tokens != len(PROMPTS) * K * NEW_TOKENS:
         raise RuntimeError(f"{row}: sampled {tokens} tokens, expected {len(PROMPTS) * K * NEW_TOKENS}")
-    return {"row": row, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+    return {"row": row, "seconds": seconds, "cpu_seconds": cpu, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
@@ -270,7 +270,7 @@ def main() -> None:
             res = workers[row].run(args.seed + r)
             res["load_average"] = load
             results[row] = res
-            print(f"round {r + 1} {row:>20}: {res['seconds']:7.2f} s  {res['tokens_per_s']:7.1f} tokens/s  "
+            print(f"round {r + 1} {row:>20}: {res['seconds']:7.2f} s (CPU {res['cpu_seconds']:.1f} s)  {res['tokens_per_s']:7.1f} tokens/s  "
                   f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {load}", flush=True)  # fmt: skip
         if "hf" in results:
             ratio = results["megatron"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
