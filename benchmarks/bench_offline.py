@@ -156,6 +156,7 @@ def summarize(rounds: list[dict[str, dict]], rows: list[str], tokens_per_step: i
         steps = [r[row]["s_per_step"] for r in rounds]
         rss = [r[row]["peak_rss_mb"] for r in rounds]
         table[row] = {"s_per_step_rounds": steps, "peak_rss_mb_rounds": rss,
+                      "cpu_s_per_step": statistics.median(statistics.median(s["cpu"] for s in r[row]["samples"]) for r in rounds),
                       "s_per_step": statistics.median(steps), "tokens_per_s": tokens_per_step / statistics.median(steps),
                       "peak_rss_mb": statistics.median(rss)}  # fmt: skip
     ratios = {}
@@ -212,16 +213,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         order = rows[r % len(rows) :] + rows[: r % len(rows)]
         result = {row: run_row(row, args) for row in order}
         rounds.append(result)
+        if args.json:  # after every round, so an interrupted run keeps what it measured
+            Path(args.json).write_text(
+                json.dumps({"cpu": cpu, "args": vars(args), "rounds": rounds}, indent=1)
+            )
         print(f"round {r + 1}: " + "; ".join(
             f"{row} {result[row]['s_per_step']:.2f} s/step, {result[row]['peak_rss_mb']:.0f} MB" for row in order), flush=True)  # fmt: skip
     summary = summarize(rounds, rows, tokens_per_step)
     load_end = os.getloadavg()
-    print(f"\n{'row':<58} {'s/step':>8} {'tokens/s':>9} {'peak RSS MB':>12}")
+    print(f"\n{'row':<58} {'s/step':>8} {'tokens/s':>9} {'peak RSS MB':>12} {'CPU s/step':>11}")
     for row in rows:
         t = summary["rows"][row]
-        print(
-            f"{ROW_NAMES[row]:<58} {t['s_per_step']:>8.2f} {t['tokens_per_s']:>9.0f} {t['peak_rss_mb']:>12.0f}"
-        )
+        print(f"{ROW_NAMES[row]:<58} {t['s_per_step']:>8.2f} {t['tokens_per_s']:>9.0f} {t['peak_rss_mb']:>12.0f} "
+              f"{t['cpu_s_per_step']:>11.2f}")  # fmt: skip
     for name, ratio in summary["ratios"].items():
         print(f"{name}: speed {ratio['speed_ratio_of_medians']:.2f}x (per round "
               f"{', '.join(f'{x:.2f}' for x in ratio['speed_per_round'])}); peak memory "
