@@ -59,7 +59,10 @@ def test_llama_style_config(tiny_config: TinyConfig) -> None:
     assert config.fp8 is None and config.recompute_granularity is None
 
 
-def test_gpt2_style_config_and_precision(tiny_config: TinyConfig) -> None:
+def test_gpt2_style_config_and_precision(tiny_config: TinyConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nemo_rpo.distributed import cpu_support
+
+    monkeypatch.setattr(cpu_support, "cpu_has_bf16_matmul", lambda: True)  # bf16 on any CPU (or GPU)
     model = tiny_config(activation="gelu", normalization="LayerNorm", add_bias_linear=True, precision="bf16")
     config = build_transformer_config(model, ParallelConfig())
     assert not config.gated_linear_unit and config.activation_func is F.gelu
