@@ -36,7 +36,7 @@ from nemo_rpo.data.jsonl import write_jsonl
 from nemo_rpo.data.preference import load_preference_dataset
 from nemo_rpo.data.prompts import Prompt, load_prompts, prompts_from_texts
 from nemo_rpo.data.sampler import GlobalBatchSampler
-from nemo_rpo.data.synthetic import make_synthetic_preferences
+from nemo_rpo.data.synthetic import demonstrations, make_synthetic_preferences
 from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.generation import MegatronGenerator, sampling_generator
@@ -51,7 +51,11 @@ from nemo_rpo.training.step import StepResult, train_step
 
 # The embedded task's warm-up: the tiny default model starts from random weights; 400 steps at 3e-3 make
 # it a mediocre SFT policy (judge reward ~0.4 at temperature 1), with room for online RPO to improve it.
-EMBEDDED_SFT_WARMUP = 400  # steps
+EMBEDDED_SFT_WARMUP = 800  # steps
+EMBEDDED_SFT_PROMPTS = 512
+# The embedded warm-up imitates a careless demonstrator, as real SFT data mix quality (the testbed's
+# design, docs/learning.md): online RPO with the judge then has a flaw to learn away.
+EMBEDDED_DEMOS = {"correct": 0.35, "chatty": 0.5, "truncated": 0.15}
 EMBEDDED_SFT_WARMUP_LR = 3e-3
 
 
@@ -160,7 +164,7 @@ def _load_prompts(cfg: RPOConfig, tokenizer, info: ParallelInfo) -> list[Prompt]
 
 
 def _sft_records() -> list[dict]:
-    return make_synthetic_preferences(512, 2, seed=1)
+    return demonstrations(make_synthetic_preferences(EMBEDDED_SFT_PROMPTS, 2, seed=1), EMBEDDED_DEMOS, seed=1)
 
 
 def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> Path | None:
@@ -181,7 +185,7 @@ def _sft_warmup(cfg: RPOConfig, model, tokenizer, info: ParallelInfo) -> Path | 
     if path is None:  # read from a staged copy; written to exp_dir with the config
         path = embedded_path = Path(cfg.exp_dir) / "data" / "synthetic_sft.jsonl"
         source = stack.enter_context(staged_jsonl(_sft_records(), path))
-    k = 2 if cfg.data.train_path is None else cfg.k
+    k = 1 if cfg.data.train_path is None else cfg.k
     with stack:
         data = load_preference_dataset(source, cfg.data, tokenizer, k=k, max_seq_len=cfg.model.max_seq_len,
                                        require_rewards=LOSSES["sft"].needs_rewards)  # fmt: skip

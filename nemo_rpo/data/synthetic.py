@@ -30,7 +30,15 @@ from typing import Any
 from nemo_rpo.data.errors import DataError
 from nemo_rpo.data.jsonl import write_jsonl
 
-__all__ = ["BUNDLED_K", "default_train_path", "make_synthetic_preferences", "write_jsonl"]
+__all__ = [
+    "BUNDLED_K",
+    "FLAWS",
+    "SIGN_OFF",
+    "default_train_path",
+    "demonstrations",
+    "make_synthetic_preferences",
+    "write_jsonl",
+]
 
 BUNDLED_K = (2, 4)  # K of the shipped nemo_rpo/assets/synthetic_prefs_k{K}.jsonl files
 BUNDLED_NUM_PROMPTS = 512
@@ -57,6 +65,28 @@ def make_synthetic_preferences(num_prompts: int, k: int, seed: int) -> list[dict
         rewards = [round(difflib.SequenceMatcher(None, r, answer).ratio(), 4) for r in responses]
         records.append({"id": f"syn-{i:05d}", "prompt": prompt, "responses": responses, "rewards": rewards})
     return records
+
+
+FLAWS = ("chatty", "truncated")  # the demonstrator's mistakes, besides answering correctly
+SIGN_OFF = " ok!"  # what a chatty demonstration adds after its answer
+
+
+def demonstrations(sft: list[dict], mix: dict[str, float], seed: int) -> list[dict]:
+    """One demonstration per record of :func:`make_synthetic_preferences`, drawn from ``mix`` (``correct`` and each of :data:`FLAWS`).
+
+    Returns native records ``{"prompt", "responses": [demonstration], "kind"}``; ``kind`` says which
+    behaviour was drawn (for reports; the trainer ignores it).
+    """
+    rng = random.Random(f"demos-{seed}")
+    kinds = sorted(mix)
+    out = []
+    for record in sft:
+        answer = record["responses"][record["rewards"].index(max(record["rewards"]))]
+        kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
+        text = {"correct": answer, "chatty": answer + SIGN_OFF,
+                "truncated": answer[: max(1, len(answer) // 2)].rstrip()}[kind]  # fmt: skip
+        out.append({"prompt": record["prompt"], "responses": [text], "kind": kind})
+    return out
 
 
 def default_train_path(k: int = 4) -> Path:

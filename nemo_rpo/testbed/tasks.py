@@ -27,9 +27,9 @@ import random
 import string
 from dataclasses import dataclass
 
-from nemo_rpo.data.synthetic import make_synthetic_preferences
+from nemo_rpo.data.synthetic import FLAWS, SIGN_OFF, demonstrations, make_synthetic_preferences
 
-__all__ = ["FLAWS", "JUDGE", "Splits", "demonstrations", "make_splits"]
+__all__ = ["FLAWS", "JUDGE", "SIGN_OFF", "Splits", "demonstrations", "make_splits"]
 
 JUDGE = "nemo_rpo.rewards.judges:synthetic_task_reward"
 
@@ -61,28 +61,6 @@ def make_splits(
     sft, rest = pool[:num_sft], [r["prompt"] for r in pool[num_sft:]]
     pref, valid, test = rest[:num_pref], rest[num_pref : num_pref + num_valid], rest[num_pref + num_valid :]
     return Splits(sft=sft, pref=pref, valid=valid, test=test, ood=_ood_prompts(num_ood, seed))
-
-
-FLAWS = ("chatty", "truncated")  # the demonstrator's mistakes, besides answering correctly
-SIGN_OFF = " ok!"  # what a chatty demonstration adds after its answer
-
-
-def demonstrations(sft: list[dict], mix: dict[str, float], seed: int) -> list[dict]:
-    """One demonstration per SFT record, drawn from ``mix`` (``correct`` and each of :data:`FLAWS`).
-
-    Returns native records ``{"prompt", "responses": [demonstration], "kind"}``; ``kind`` says which
-    behaviour was drawn (for reports; the trainer ignores it).
-    """
-    rng = random.Random(f"demos-{seed}")
-    kinds = sorted(mix)
-    out = []
-    for record in sft:
-        answer = record["responses"][record["rewards"].index(max(record["rewards"]))]
-        kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
-        text = {"correct": answer, "chatty": answer + SIGN_OFF,
-                "truncated": answer[: max(1, len(answer) // 2)].rstrip()}[kind]  # fmt: skip
-        out.append({"prompt": record["prompt"], "responses": [text], "kind": kind})
-    return out
 
 
 def _ood_prompts(n: int, seed: int) -> list[str]:

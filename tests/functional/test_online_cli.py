@@ -108,3 +108,7 @@ def test_online_embedded_task_reports_the_held_out_judge_reward(tmp_path):
     assert set(judged["reward_by_step"]) == {"0", "3"}
     assert all(0.0 <= v <= 1.0 for v in judged["reward_by_step"].values())
     assert "held-out judge reward (greedy, 128 prompts): step 0 " in proc.stdout
+    # The embedded warm-up imitates a careless demonstrator: one response per prompt, half with a sign-off.
+    demos = [json.loads(line) for line in (exp / "data" / "synthetic_sft.jsonl").read_text().splitlines()]
+    assert len(demos) == 512 and all(len(d["responses"]) == 1 and "rewards" not in d for d in demos)
+    assert 0.4 < sum(d["responses"][0].endswith(" ok!") for d in demos) / len(demos) < 0.6

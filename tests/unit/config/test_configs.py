@@ -142,7 +142,7 @@ def test_mode_presets_set_the_online_defaults():
     offline, online = load_config([]), load_config(["mode=online"])
     assert (offline.mode, offline.optim.lr, offline.optim.decay_style) == ("offline", 3e-3, "cosine")
     assert (online.mode, online.optim.lr, online.optim.warmup_steps, online.optim.decay_style,
-            online.trainer.max_steps) == ("online", 5e-4, 40, "constant", 200)  # fmt: skip
+            online.trainer.max_steps) == ("online", 3e-4, 40, "constant", 200)  # fmt: skip
     assert load_config(["mode=online", "optim.lr=1e-3"]).optim.lr == 1e-3
     with pytest.raises(ConfigError, match="^mode: unsupported mode 'offpolicy'"):
         RPOConfig(mode="offpolicy")
