@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nemo_rpo.config import testbed_schema
 from nemo_rpo.config.schema import ConfigError
-from nemo_rpo.config.testbed_schema import TestbedConfig
 from nemo_rpo.rewards.judges import synthetic_task_reward
 from nemo_rpo.testbed.tasks import SIGN_OFF, demonstrations, make_splits
 
@@ -47,5 +47,5 @@ def test_correct_only_reproduces_the_answers():
 )
 def test_bad_mix_is_a_config_error(mix, message):
     with pytest.raises(ConfigError, match="sft_demos") as err:
-        TestbedConfig(sft_demos=mix)
+        testbed_schema.TestbedConfig(sft_demos=mix)
     assert message in str(err.value)
