@@ -20,13 +20,14 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_sampling import cpu_name  # benchmarks/ is sys.path[0] when run as a script
 
 # policy -> extra environment; every policy but "passive" starts with torch imported first, so the
 # launcher leaves libgomp as that environment sets it.
@@ -37,16 +38,6 @@ def _spin(stop_at: float) -> None:
     x = 0
     while time.time() < stop_at:
         x += 1
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _run(policy: str, steps: int, exp_dir: Path) -> list[float]:
@@ -107,7 +98,7 @@ def main() -> None:
                         p.join()
                 results.setdefault(policy, {})["loaded" if loaded else "idle"] = _summary(times)
 
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; load: {args.load} spinning processes; "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load: {args.load} spinning processes; "
           f"steps {args.skip + 1}-{args.steps} of the embedded default")  # fmt: skip
     print(f"{'policy':8} {'state':7} {'median s':>9} {'p95 s':>8} {'max s':>8} {'total s':>8}")
     for policy, states in results.items():
@@ -122,7 +113,7 @@ def main() -> None:
               f"max {r['max_s']:.2f}x, total {r['total_s']:.2f}x")  # fmt: skip
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"cpu": _cpu_model(), "cores": os.cpu_count(), "load": args.load, "steps": args.steps,
+        payload = {"cpu": cpu_name(), "cores": os.cpu_count(), "load": args.load, "steps": args.steps,
                    "skip": args.skip, "results": results}  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -34,6 +34,11 @@ def scaled_targets(
             f"policy_logps {tuple(policy_logps.shape)}, ref_logps {tuple(ref_logps.shape)} and rewards "
             f"{tuple(rewards.shape)} must have the same [B, K] shape"
         )
+    return reward_targets(rewards, beta=beta, eta=eta)
+
+
+def reward_targets(rewards: torch.Tensor, *, beta: float, eta: float) -> torch.Tensor:
+    """The detached targets ``eta * r*`` (at least fp32), after checking ``beta``, ``eta`` > 0 and no NaN reward."""
     if not beta > 0 or not eta > 0:
         raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
     targets = eta * upcast(rewards.detach())

@@ -20,7 +20,7 @@ import torch
 import nemo_rpo.losses.presets  # noqa: F401 - the paper's losses register first and lead every listing
 from nemo_rpo.losses.distances import DISTANCES
 from nemo_rpo.losses.registry import register_loss
-from nemo_rpo.losses.rpo import upcast
+from nemo_rpo.losses.rpo import reward_targets, upcast
 
 
 def depth_weights(token_mask: torch.Tensor, token_decay: float) -> torch.Tensor:
@@ -76,11 +76,7 @@ def token_rpo_loss(
         raise ValueError(
             f"rewards must be [B, K] = {tuple(policy_logps.shape[:2])}, got {tuple(rewards.shape)}"
         )
-    if not beta > 0 or not eta > 0:
-        raise ValueError(f"beta and eta must be > 0, got beta={beta}, eta={eta}")
-    targets = eta * upcast(rewards.detach())
-    if torch.isnan(targets).any():
-        raise ValueError("rewards contain NaN")
+    targets = reward_targets(rewards, beta=beta, eta=eta)
     if metric not in DISTANCES:
         raise ValueError(f"unknown RPO metric {metric!r}; choose one of {', '.join(DISTANCES)}")
     if metric in ("sq", "sqloo") and not torch.isfinite(targets).all():
