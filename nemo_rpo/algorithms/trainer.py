@@ -65,7 +65,7 @@ def train(cfg, algorithm: Algorithm) -> RunSummary:
     ``logging`` (policy or reward-model training).
     """
     started = time.perf_counter()
-    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory)
+    configure_cpu(cfg.trainer.num_threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
     info = init_distributed(cfg.parallel, cfg.trainer.seed)
     if check_resume(cfg, info):  # complete already, or a resume this config cannot make: nothing is built
         return RunSummary(0, None, None, time.perf_counter() - started)

@@ -287,6 +287,9 @@ class TrainerConfig:
     # peak footprint): ~30k fewer page faults per anchor-benchmark step, up to 1.38x faster steps
     # (benchmarks/README.md). No effect on a GPU machine.
     keep_freed_memory: bool = True
+    # the same numbers on any x86-64 CPU (ATen's baseline kernels, MKL's COMPATIBLE branch, no oneDNN,
+    # num_threads or 1 thread) instead of the CPU's fastest kernels; slower (docs/determinism.md)
+    deterministic: bool = False
     # steps with a NaN/inf loss or gradient are skipped (no update); more than this many stop the run
     max_skipped_steps: int = 10
 

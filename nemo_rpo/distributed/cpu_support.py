@@ -62,6 +62,7 @@ __all__ = [
     "is_cpu_support_installed",
     "prepare_megatron_import",
     "tune_glibc_malloc",
+    "use_onednn",
 ]
 
 _INSTALLED = False
@@ -277,6 +278,13 @@ def _onednn_available() -> bool:
 
 
 _ONEDNN = _onednn_available()
+
+
+def use_onednn(enabled: bool) -> None:
+    """Whether large fp32 linear-layer products may go to oneDNN (where torch has it); ``False`` sends
+    every product to MKL (``trainer.deterministic``: oneDNN's kernels differ by CPU)."""
+    global _ONEDNN
+    _ONEDNN = enabled and _onednn_available()
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -175,15 +175,28 @@ def set_num_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
-def configure_cpu(num_threads: int | None, keep_freed_memory: bool) -> int:
+def configure_cpu(num_threads: int | None, keep_freed_memory: bool, deterministic: bool = False) -> int:
     """Process-wide CPU settings, applied before the first large allocation: intra-op threads
     (:func:`set_num_threads`) and, without a GPU and when ``keep_freed_memory``, glibc keeping freed
     memory (:func:`~nemo_rpo.distributed.cpu_support.tune_glibc_malloc`; irreversible for the process).
+    ``deterministic`` (``trainer.deterministic``): CPU-independent kernels and a fixed thread count
+    (:func:`~nemo_rpo.distributed.determinism.apply_deterministic`), stated in one line on rank 0.
 
     Returns:
         The number of threads torch will use.
     """
-    threads = set_num_threads(num_threads)
+    if deterministic:
+        from nemo_rpo.distributed.determinism import apply_deterministic, cpu_numerics
+
+        threads = apply_deterministic(num_threads)
+        if _read_launch_env().rank == 0:
+            n = cpu_numerics()
+            print(f"deterministic: ATen {n['aten_capability']} kernels, MKL {n['mkl_cbwr']} branch, no oneDNN, "
+                  f"{threads} thread{'s' if threads > 1 else ''} on {n['cpu']} (the same numbers on any x86-64 CPU "
+                  "for this thread count and layout)",
+                  flush=True)  # fmt: skip
+    else:
+        threads = set_num_threads(num_threads)
     if keep_freed_memory and not torch.cuda.is_available():
         if not tune_glibc_malloc():
             logger.info("keep_freed_memory: not applied (no glibc, or a preloaded allocator)")
