@@ -107,6 +107,28 @@ class TunedConfig:
         return {k: v for k, v in (("lr", self.lr), ("beta", self.beta), ("eta", self.eta)) if v is not None}
 
 
+def _tuned() -> dict[str, TunedConfig]:
+    # Chosen by `nemo-rpo-testbed search=true` on the valid split (seed 1), 2026-12-06; every candidate's
+    # valid score: benchmarks/results/2026-12-06-testbed-search.json, summary in docs/testbed.md#search.
+    chosen = {
+        "dpo": (3e-4, 0.3, None),
+        "simpo": (1e-4, 0.3, None),
+        "kto": (3e-4, 0.3, None),
+        "rpo_bwd_k2": (1e-4, 0.3, 30.0),
+        "rpo_bwd_k4": (3e-4, 0.3, 30.0),
+        "rpo_sqloo_k2": (3e-4, 0.3, None),
+        "rpo_sqloo_k4": (3e-4, 0.03, None),
+        "online_rpo_bwd_gt": (3e-4, 0.3, 30.0),
+        "online_rpo_sqloo_gt": (3e-4, 0.03, None),
+        "online_rpo_bwd_learnt": (3e-4, 0.03, 3.0),
+        "online_rpo_sqloo_learnt": (1e-4, 0.3, None),
+        "lipo_lambda_k4": (1e-4, 0.1, None),
+        "plackett_luce_k4": (3e-4, 0.3, None),
+        "rpo_token_bwd_k4": (3e-4, 0.3, 10.0),
+    }
+    return {m: TunedConfig(*chosen[m]) for m in METHODS if not m.startswith("iter_")}
+
+
 @dataclass
 class TestbedConfig:
     """Top-level config of ``nemo-rpo-testbed``.
@@ -126,9 +148,7 @@ class TestbedConfig:
     )
     # Per-method hyper-parameters chosen by the search (tuned.<method>.lr / .beta / .eta); a value left
     # null falls back to `losses` and offline_lr / online_lr. Iterative runs use their one-iteration method's.
-    tuned: dict[str, TunedConfig] = field(
-        default_factory=lambda: {m: TunedConfig() for m in METHODS if not m.startswith("iter_")}
-    )
+    tuned: dict[str, TunedConfig] = field(default_factory=_tuned)
     debug: bool = False  # show full tracebacks on errors
     data_seed: int = 0  # prompts, splits and the SFT/preference/RM stages (shared by all seeds)
     num_threads: Optional[int] = None  # CPU intra-op threads; None = torch's default

@@ -132,7 +132,7 @@ def run_search(cfg: TestbedConfig, root: Path, data: dict, prefs: dict, sft_dir:
         out["candidates"][name] = rows
         out["tuned"][name] = {k: win[k] for k in rows[0] if k not in ("valid_reward", "step")}
     (root / "search.json").write_text(json.dumps(out, indent=2))
-    print("tuned:  # conf/testbed.yaml, chosen on valid with seed", seed, flush=True)
+    print("tuned:  # chosen on valid, seed", seed, "(committed in testbed_schema._tuned)", flush=True)
     for name, values in out["tuned"].items():
         print(f"  {name}: {{{', '.join(f'{k}: {v:g}' for k, v in values.items())}}}", flush=True)
     print(f"search: {root / 'search.json'}", flush=True)

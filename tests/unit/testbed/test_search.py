@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from nemo_rpo.cli.testbed import load_testbed_config
@@ -25,20 +28,34 @@ def test_candidates_search_eta_only_for_rpo_bwd():
 
 
 def test_tuned_values_override_the_shared_ones_and_reach_iterative_runs():
-    cfg = load_testbed_config(["tuned.rpo_bwd_k4.lr=5e-5", "tuned.rpo_bwd_k4.eta=30", "tuned.dpo.beta=0.3"])
+    cfg = load_testbed_config(["tuned.rpo_bwd_k4.lr=5e-5", "tuned.rpo_bwd_k4.eta=20", "tuned.dpo.beta=0.2",
+                               "tuned.online_rpo_sqloo_gt.lr=null", "tuned.online_rpo_sqloo_gt.beta=null"])  # fmt: skip
+    committed = load_testbed_config([]).tuned["rpo_bwd_k4"]
     loss, lr = method_hparams(cfg, method_spec("rpo_bwd_k4", 3))
-    assert (lr, loss.eta, loss.beta) == (5e-5, 30.0, cfg.losses["rpo_bwd"].beta)
+    assert (lr, loss.eta, loss.beta) == (5e-5, 20.0, committed.beta)  # the others keep the committed values
     loss, lr = method_hparams(cfg, method_spec("iter_offline_rpo_bwd", 3))  # Alg. 3 uses rpo_bwd_k4's values
-    assert (lr, loss.eta) == (5e-5, 30.0)
+    assert (lr, loss.eta) == (5e-5, 20.0)
     loss, lr = method_hparams(cfg, method_spec("dpo", 3))
-    assert (lr, loss.beta) == (cfg.offline_lr, 0.3)
-    loss, lr = method_hparams(cfg, method_spec("online_rpo_sqloo_gt", 3))  # no entry: the shared defaults
+    assert (lr, loss.beta) == (cfg.tuned["dpo"].lr, 0.2)
+    loss, lr = method_hparams(cfg, method_spec("online_rpo_sqloo_gt", 3))  # null: the shared defaults
     assert (lr, loss.beta, loss.eta) == (
         cfg.online_lr,
         cfg.losses["rpo_sqloo"].beta,
         cfg.losses["rpo_sqloo"].eta,
     )
-    assert cfg.losses["rpo_bwd"].eta != 30.0  # the shared config is not modified
+    assert cfg.losses["rpo_bwd"].eta != 20.0  # the shared config is not modified
+
+
+def test_committed_search_results_are_the_defaults():
+    """The `tuned` defaults are the winners recorded in the committed search output, method by method."""
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "2026-12-06-testbed-search.json"
+    search = json.loads(path.read_text())
+    cfg = load_testbed_config([])
+    assert set(search["tuned"]) == set(cfg.tuned)
+    for name, chosen in search["tuned"].items():
+        assert cfg.tuned[name].values() == chosen, name
+        best = max(search["candidates"][name], key=lambda r: r["valid_reward"])
+        assert {k: best[k] for k in chosen} == chosen, name
 
 
 @pytest.mark.parametrize(
