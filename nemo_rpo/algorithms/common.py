@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from nemo_rpo.data.sampler import split_micro_batches
 from nemo_rpo.data.synthetic import make_synthetic_preferences
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_state
+from nemo_rpo.models.lora import has_adapters
 from nemo_rpo.training.builder import save_resolved_config
 from nemo_rpo.training.checkpoint import (
     checkpoint_layout,
@@ -83,6 +85,7 @@ class PolicyAlgorithm:
         self.cfg = cfg
         self.plan = iteration_plan(cfg)
         self.held_out, self.judged = None, {}
+        self.adapter_ref = None  # a LoRA policy's reference (training.frozen.AdapterReference)
 
     def judge_before(self, start: int) -> None:
         self.held_out = held_out_prompts(self.cfg, self.tokenizer) if embedded_task(self.cfg) else None
@@ -103,7 +106,10 @@ class PolicyAlgorithm:
         return console_line(metrics, self.cfg.trainer.max_steps)
 
     def checkpoint_extra(self, step: int) -> dict:
-        return {"iteration": iteration_at(self.plan, step).index}
+        extra = {"iteration": iteration_at(self.plan, step).index}
+        if self.adapter_ref is not None:  # a LoRA run saves its adapters: say where their base weights are
+            extra["lora_base"] = self.adapter_ref.base
+        return extra
 
     def ends_iteration(self, step: int) -> bool:
         """Whether 1-based ``step`` is the last of its iteration."""
@@ -155,34 +161,52 @@ def table_lookup(table: torch.Tensor | None) -> Callable[[PreferenceBatch], torc
     return lookup
 
 
-def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo, optimizer=None) -> None:
+def init_weights_from(cfg: RPOConfig, model, info: ParallelInfo, optimizer=None) -> dict | None:
     """Start a new run from ``checkpoint.init_from`` weights, else from ``model.init_from_hf``.
 
-    Skipped when ``exp_dir`` has a checkpoint to resume from. ``optimizer``: re-read its fp32 main copies
-    of 16-bit parameters (built before the weights were loaded).
+    Skipped when ``exp_dir`` has a checkpoint to resume from, except for the base weights of a LoRA model
+    (``model.lora.rank > 0``), which its checkpoints do not hold: they are read from the pointer the
+    checkpoint carries. ``optimizer``: re-read its fp32 main copies of 16-bit parameters (built before the
+    weights were loaded).
+
+    Returns:
+        For a LoRA model, the pointer to its base weights (``{"checkpoint": dir}``, ``{"hf": dir}`` or
+        ``{"seed": n}``: see :class:`~nemo_rpo.training.frozen.AdapterReference`); ``None`` otherwise.
     """
-    if cfg.checkpoint.resume and find_latest_checkpoint(cfg.exp_dir) is not None:
-        return
+    lora = has_adapters(model)
+    latest = find_latest_checkpoint(cfg.exp_dir) if cfg.checkpoint.resume else None
     hf_dir, source = cfg.model.init_from_hf, cfg.checkpoint.init_from
+    if latest is not None:
+        if not lora:
+            return None
+        pointer = json.loads((latest / "extra.json").read_text(encoding="utf-8")).get("lora_base")
+        if pointer is None:
+            raise DataError(str(latest), None, "lora_base", "a LoRA run's checkpoint must say where its base "
+                            "weights are; this one does not (saved without model.lora.rank?)")  # fmt: skip
+        hf_dir, source = pointer.get("hf"), pointer.get("checkpoint")
+        if pointer.get("seed", cfg.trainer.seed) != cfg.trainer.seed:
+            raise ConfigError(f"trainer.seed: the LoRA run's base model was built from seed {pointer['seed']}, "
+                              f"not {cfg.trainer.seed}")  # fmt: skip
     if source is not None:  # with model.init_from_hf too: shape and tokenizer from HF, weights from here
         path = find_latest_checkpoint(source) or Path(source)
         if not (path / "COMPLETE").is_file():
             raise ConfigError(f"checkpoint.init_from: {source} is neither a run directory with checkpoints "
                               "nor a complete checkpoint directory")  # fmt: skip
-        load_checkpoint(path, model, None, None, restore_rng=False)
-        loaded = str(path)
+        load_checkpoint(path, model, None, None, restore_rng=False, part="base" if lora else "all")
+        loaded, pointer = str(path), {"checkpoint": str(path)}
     elif hf_dir is not None:
         hf_state = read_hf_state(hf_dir)
         for chunk in unwrap_model(model):
             load_hf_weights_(chunk, hf_state, cfg.model)
         del hf_state
-        loaded = hf_dir
+        loaded, pointer = hf_dir, {"hf": hf_dir}
     else:
-        return
+        return {"seed": cfg.trainer.seed} if lora else None
     if optimizer is not None and hasattr(optimizer, "reload_model_params"):
         optimizer.reload_model_params()
     if info.rank == 0:
-        print(f"initialised weights from {loaded}", flush=True)
+        print(f"initialised {'base ' if lora else ''}weights from {loaded}", flush=True)
+    return pointer if lora else None
 
 
 def check_resume(cfg, info: ParallelInfo) -> bool:

@@ -44,9 +44,11 @@ from nemo_rpo.data.tokenizer import build_tokenizer
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.losses import LOSSES
 from nemo_rpo.models.gpt import shares_prompt
+from nemo_rpo.models.lora import adapters_disabled
 from nemo_rpo.training import reference
 from nemo_rpo.training.builder import build_policy
 from nemo_rpo.training.checkpoint import find_latest_checkpoint
+from nemo_rpo.training.frozen import AdapterReference
 from nemo_rpo.training.step import StepResult, sequence_logps, train_step
 
 
@@ -66,7 +68,10 @@ class Offline(PolicyAlgorithm):
         _sampler(cfg, self.dataset, info, 0)  # a dataset smaller than one global batch fails before any write
         self.model, self.optimizer, self.scheduler = build_policy(cfg, self.tokenizer.vocab_size)
         # e.g. the SFT policy; it is also the reference
-        init_weights_from(cfg, self.model, info, self.optimizer)
+        base = init_weights_from(cfg, self.model, info, self.optimizer)
+        if base is not None:  # LoRA: the reference is the policy with its adapters off
+            self.adapter_ref = AdapterReference(self.model, self.optimizer, base, exp_dir=cfg.exp_dir,
+                                                seed=cfg.trainer.seed)  # fmt: skip
         self.share_prompt = shares_prompt(cfg.model)
 
     def start(self, step: int) -> None:
@@ -82,6 +87,8 @@ class Offline(PolicyAlgorithm):
         cfg, it = self.cfg, iteration_at(self.plan, step)
         if self.iteration != it:
             if it.index > 0:  # Alg. 3: new data from the current policy; reference := current policy
+                if self.adapter_ref is not None and self.first_step <= it.start:  # LoRA: merge the adapters
+                    self.adapter_ref.update(self.model, it.start)
                 self.dataset, self.ref_logps = _regenerate(cfg, it, self.model, self.tokenizer, self.dataset,
                                                            self.info, resumed=self.first_step > it.start)  # fmt: skip
             self.sampler, self.iteration = _sampler(cfg, self.dataset, self.info, it.index), it
@@ -139,7 +146,9 @@ def _reference_logps(
     width = None
     if LOSSES[cfg.loss.name].token_level:
         width = max(len(r) for ex in dataset.examples for r in ex.sequence_responses)
-    extra = {"model": vars(cfg.model), "seed": cfg.trainer.seed, **({"token_width": width} if width else {})}
+    # the reference is the base model (adapters off): model.lora does not change it
+    model_fields = {k: v for k, v in vars(cfg.model).items() if k != "lora"}
+    extra = {"model": model_fields, "seed": cfg.trainer.seed, **({"token_width": width} if width else {})}
     key = reference.fingerprint(dataset.examples, extra)
     cached = reference.load_cached(str(cache_dir), key)
     if cached is not None:
@@ -148,7 +157,18 @@ def _reference_logps(
         raise RuntimeError(f"{cache_dir}: a checkpoint exists but {reference.CACHE_NAME} is missing; the "
                            "reference (the policy at the iteration's start) cannot be recomputed from trained weights")  # fmt: skip
     shard = [dataset[i] for i in range(info.dp_rank, len(dataset), info.dp_size)]
-    logps = sequence_logps(
+    with adapters_disabled(model):  # a LoRA policy's reference is its base model
+        logps = _sequence_logps(cfg, model, shard, pad_id, info, len(dataset), width)
+    if info.rank == 0:
+        reference.save_cached(str(cache_dir), key, logps)
+    torch.distributed.barrier()
+    return logps
+
+
+def _sequence_logps(
+    cfg: RPOConfig, model, shard, pad_id: int, info: ParallelInfo, num: int, width
+) -> torch.Tensor:
+    return sequence_logps(
         model,
         microbatches(
             shard,
@@ -158,13 +178,9 @@ def _reference_logps(
             fill=True,
             share_prompt=shares_prompt(cfg.model),
         ),  # fmt: skip
-        len(dataset),
+        num,
         token_width=width,
     )
-    if info.rank == 0:
-        reference.save_cached(str(cache_dir), key, logps)
-    torch.distributed.barrier()
-    return logps
 
 
 def _regenerate(cfg: RPOConfig, it: Iteration, model, tokenizer, previous: PreferenceDataset, info: ParallelInfo,

@@ -45,7 +45,7 @@ from nemo_rpo.models.gpt import shares_prompt
 from nemo_rpo.rewards import build_reward_model
 from nemo_rpo.training.builder import build_policy_model, save_resolved_config
 from nemo_rpo.training.checkpoint import find_latest_checkpoint
-from nemo_rpo.training.frozen import FrozenReference
+from nemo_rpo.training.frozen import AdapterReference, FrozenReference
 from nemo_rpo.training.optimizer import build_optimizer
 from nemo_rpo.training.step import StepResult, train_step
 
@@ -79,12 +79,16 @@ class Online(PolicyAlgorithm):
         # before the warm-up: a bad reward config fails at once
         self.reward_model = build_reward_model(cfg.reward)
         self.model = build_policy_model(cfg, tokenizer.vocab_size)
-        init_weights_from(cfg, self.model, info)  # the SFT policy
+        base = init_weights_from(cfg, self.model, info)  # the SFT policy
         self.sft_data = _sft_warmup(cfg, self.model, tokenizer, info)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, cfg.parallel, cfg.trainer.max_steps,
                                                          keep_checkpoint_schedule=cfg.checkpoint.resume_schedule == "checkpoint")  # fmt: skip
-        self.reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
-                                         device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
+        if base is not None:  # LoRA: the reference is the policy with its adapters off, no second model
+            self.reference = self.adapter_ref = AdapterReference(self.model, self.optimizer, base,
+                                                                 exp_dir=cfg.exp_dir, seed=cfg.trainer.seed)  # fmt: skip
+        else:
+            self.reference = FrozenReference(cfg.model, cfg.parallel, cfg.model.vocab_size or tokenizer.vocab_size,
+                                             device=info.device, on_cpu=cfg.online.reference_on_cpu)  # fmt: skip
         self.generator = MegatronGenerator(self.model, cfg.generation, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                            vocab_size=tokenizer.vocab_size)  # fmt: skip
         self.width = round_up(max(len(p.ids) for p in self.prompts) + cfg.generation.max_new_tokens)
@@ -103,8 +107,7 @@ class Online(PolicyAlgorithm):
     def step(self, step: int) -> tuple[StepResult, dict]:
         cfg, info, it = self.cfg, self.info, iteration_at(self.plan, step)
         if step == it.start:  # Alg. 4, line 2: pi_ref := pi (for iteration 0: the initial policy)
-            self.reference.copy_from(self.model)
-            self.reference.save(self.ref_root, step)
+            self.reference.update(self.model, step, self.ref_root)
         local = [self.prompts[i] for i in self.sampler.indices_for_step(step)]
         draws = sampling_generator(cfg.trainer.seed + 7919 * info.dp_rank, step)
         first_row = info.dp_rank * len(local)

@@ -2,6 +2,7 @@
 
     nemo-rpo-convert hf-to-mcore --hf DIR --out CKPT [--tp N --pp M] [--precision fp32|bf16|fp16]
     nemo-rpo-convert mcore-to-hf --ckpt CKPT --out DIR [--hf-base DIR] [--dtype auto|fp32|bf16|fp16]
+                                 [--peft-out DIR]
 
 ``hf-to-mcore`` writes a run directory: ``CKPT/config.yaml`` (the model shape and the HF tokenizer) and
 ``CKPT/checkpoints/step_00000000`` (torch_dist, weights only). With ``--tp/--pp`` it starts ``tp*pp``
@@ -12,7 +13,10 @@ loads into any layout (``checkpoint.init_from=CKPT``). Under ``torchrun`` it use
 checkpoint) or one checkpoint directory inside it, loads it at TP=1/PP=1 in one process, and writes
 ``model.safetensors``, ``config.json`` and the tokenizer files. The HF ``config.json`` starts from
 ``--hf-base`` or the run's ``model.init_from_hf`` directory (architecture, special tokens, ...), with
-the shape from the run. ``--dtype auto`` keeps that config's dtype (else the run's precision).
+the shape from the run. ``--dtype auto`` keeps that config's dtype (else the run's precision). A LoRA run
+(``model.lora.rank > 0``) is exported with its adapters merged into the base weights its checkpoint points
+to; ``--peft-out DIR`` also writes them as a PEFT adapter directory (and, unless the base is a Hugging Face
+directory already, the base model under ``DIR/base``): docs/lora.md.
 
 Errors (missing files, unsupported architectures, shape mismatches) exit 2 with one ``error:`` line.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -42,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output HF directory")
     exp.add_argument("--hf-base", default=None, help="HF directory for config.json defaults and tokenizer")
     exp.add_argument("--dtype", choices=["auto", *sorted(_DTYPES)], default="auto")
+    exp.add_argument("--peft-out", default=None,
+                     help="LoRA runs: also write the adapters as a PEFT adapter directory here")  # fmt: skip
     return parser
 
 
@@ -164,7 +171,8 @@ def _mcore_to_hf(args) -> None:
     from nemo_rpo.data.tokenizer import build_tokenizer
     from nemo_rpo.distributed.launch import init_distributed, teardown_distributed
     from nemo_rpo.models.gpt import build_gpt_model
-    from nemo_rpo.models.hf_io import export_hf_model, read_hf_config
+    from nemo_rpo.models.hf_io import export_hf_model, export_peft_adapter, read_hf_config
+    from nemo_rpo.models.lora import adapters_disabled
     from nemo_rpo.training.checkpoint import load_checkpoint
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -176,6 +184,7 @@ def _mcore_to_hf(args) -> None:
     tokenizer_dir = base_dir or (cfg.data.tokenizer.path if cfg.data.tokenizer.type == "hf" else None)
     vocab = cfg.model.vocab_size or build_tokenizer(cfg.data.tokenizer).vocab_size
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab)
+    lora = model_cfg.lora.rank > 0
     dtype = _DTYPES[cfg.model.precision]
     if args.dtype != "auto":
         dtype = _DTYPES[args.dtype]
@@ -183,14 +192,54 @@ def _mcore_to_hf(args) -> None:
         dtype = str(base.get("torch_dtype", base.get("dtype")))
     init_distributed(cfg.parallel, cfg.trainer.seed)
     try:
-        model = build_gpt_model(model_cfg, cfg.parallel, vocab)
+        model = build_gpt_model(model_cfg, cfg.parallel, vocab, init_seed=cfg.trainer.seed if lora else None)
+        lora_base = _load_lora_base(ckpt, model, model_cfg) if lora else None
         load_checkpoint(ckpt, [model], None, None, restore_rng=False)
         out, count = export_hf_model(args.out, model, model_cfg, dtype=dtype, base=base,
                                      tokenizer_source=tokenizer_dir)  # fmt: skip
         note = "" if tokenizer_dir else " (no tokenizer: the run used the built-in byte tokenizer)"
-        print(f"wrote {out} from {ckpt}: {count} tensors, {dtype}{note}", flush=True)
+        merged = " (LoRA adapters merged)" if lora else ""
+        print(f"wrote {out} from {ckpt}: {count} tensors, {dtype}{merged}{note}", flush=True)
+        if args.peft_out:
+            if not lora:
+                raise ValueError(f"--peft-out: {ckpt} is not a LoRA run (model.lora.rank is 0)")
+            adapter_dir, peft_base = Path(args.peft_out), lora_base.get("hf")
+            path, count = export_peft_adapter(
+                adapter_dir, model, model_cfg, dtype=dtype, base_model=peft_base
+            )
+            if peft_base is None:  # the base weights are no Hugging Face directory yet: write them beside
+                with adapters_disabled(model):
+                    base_dir, _ = export_hf_model(adapter_dir / "base", model, model_cfg, dtype=dtype, base=base,
+                                                  tokenizer_source=tokenizer_dir)  # fmt: skip
+                peft_base = str(base_dir.resolve())
+                _set_peft_base(adapter_dir, peft_base)
+            print(f"wrote PEFT adapter {path}: {count} tensors, base model {peft_base}", flush=True)
     finally:
         teardown_distributed()
+
+
+def _load_lora_base(ckpt: Path, model, model_cfg) -> dict:
+    """Load a LoRA checkpoint's base weights from its pointer (``extra.json``'s ``lora_base``); the pointer."""
+    from nemo_rpo.models.hf_io import load_hf_weights_, read_hf_state
+    from nemo_rpo.training.checkpoint import find_latest_checkpoint, load_checkpoint
+
+    pointer = json.loads((ckpt / "extra.json").read_text(encoding="utf-8")).get("lora_base")
+    if pointer is None:
+        raise KeyError(f"{ckpt / 'extra.json'}: no lora_base (where the LoRA run's base weights are)")
+    if "checkpoint" in pointer:
+        source = Path(pointer["checkpoint"])
+        load_checkpoint(find_latest_checkpoint(source) or source, [model], None, None, restore_rng=False,
+                        part="base")  # fmt: skip
+    elif "hf" in pointer:
+        load_hf_weights_(model, read_hf_state(pointer["hf"]), model_cfg)
+    return pointer  # {"seed": n}: the model as built from the run's seed
+
+
+def _set_peft_base(adapter_dir: Path, base: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

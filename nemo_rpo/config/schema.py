@@ -78,6 +78,38 @@ class LossConfig:
                f"{self.name} is token-level: it reads per-token log-probs, not their mean")  # fmt: skip
 
 
+# The transformer's linear layers LoRA can adapt (megatron's names; Llama's q/k/v, o, gate/up, down).
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (``W + alpha / rank * B A``) on the transformer's linear layers (docs/lora.md).
+
+    ``rank = 0`` trains every weight. With ``rank > 0`` the base weights are frozen and only the adapters
+    train, are saved and reach the optimizer; the reference policy is the model with its adapters off.
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapter's input
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 0, "model.lora.rank", f"must be >= 0 (0 = off), got {self.rank}")
+        _check(
+            self.alpha > 0 and math.isfinite(self.alpha), "model.lora.alpha", f"must be > 0, got {self.alpha}"
+        )
+        _check(0.0 <= self.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        unknown = [m for m in self.target_modules if m not in LORA_TARGETS]
+        _check(not unknown, "model.lora.target_modules",
+               f"unknown {unknown}; choose from {', '.join(LORA_TARGETS)}")  # fmt: skip
+        _check(len(set(self.target_modules)) == len(self.target_modules), "model.lora.target_modules",
+               "names a module twice")  # fmt: skip
+        _check(self.rank == 0 or bool(self.target_modules), "model.lora.target_modules",
+               "is empty but model.lora.rank > 0")  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     """Megatron GPT shape. Defaults are the embedded tiny model; Llama shapes are set in conf/model/."""
@@ -123,6 +155,7 @@ class ModelConfig:
     # and the tokenizer from it (command-line model.* / data.tokenizer.* overrides win), and a new run
     # starts from its weights (unless checkpoint.init_from names other weights; ignored when resuming).
     init_from_hf: Optional[str] = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         _check(self.num_layers >= 1, "model.num_layers", "must be >= 1")
@@ -159,6 +192,8 @@ class ModelConfig:
         )
         _check(0.0 <= self.hidden_dropout < 1 and 0.0 <= self.attention_dropout < 1, "model.hidden_dropout",
                "dropouts must be in [0, 1)")  # fmt: skip
+        _check(self.lora.rank == 0 or self.transformer_impl != "transformer_engine", "model.lora.rank",
+               "LoRA adapters need the local spec (model.transformer_impl=local or auto)")  # fmt: skip
 
 
 @dataclass

@@ -27,6 +27,7 @@ from nemo_rpo.distributed.cpu_support import glibc_malloc_defaults
 from nemo_rpo.models.attention import SDPAttention
 from nemo_rpo.models.init import layout_invariant_init_
 from nemo_rpo.models.logps import chunked_lm_head_nll, vocab_parallel_nll
+from nemo_rpo.models.lora import freeze_base_, init_adapters_, lora_spec
 from nemo_rpo.models.shared_prompt import is_layout, to_sequences
 
 __all__ = [
@@ -58,6 +59,7 @@ class PolicyGPTModel(GPTModel):
 
     logps_chunk_size: int = 0
     real_vocab_size: int | None = None
+    lora_rank: int = 0  # model.lora.rank: > 0 when the linear layers carry adapters (nemo_rpo.models.lora)
 
     def _preprocess(self, input_ids, position_ids, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         """Megatron's, plus per-row rotary positions for a shared-prompt layout (see ``forward``)."""
@@ -270,6 +272,10 @@ def layer_spec(model: ModelConfig) -> ModuleSpec:
     if uses_transformer_engine(model):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
+        if model.lora.rank > 0:
+            raise ConfigError("model.lora.rank: LoRA adapters need the local spec, but Transformer Engine is in "
+                              "use here; set model.transformer_impl=local")  # fmt: skip
+
         # TE reads RMSNorm/LayerNorm from the TransformerConfig, so the spec needs no normalization arg.
         return get_gpt_layer_with_transformer_engine_spec()
     if model.fp8 is not None:
@@ -279,7 +285,7 @@ def layer_spec(model: ModelConfig) -> ModuleSpec:
     spec = get_gpt_layer_local_spec(normalization=model.normalization)
     if model.core_attention == "sdpa":
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
-    return spec
+    return lora_spec(spec, model.lora, swiglu=model.activation == "swiglu")
 
 
 def effective_precision(model: ModelConfig) -> str:
@@ -366,6 +372,8 @@ def build_gpt_model(
         vocab_size: the tokenizer's vocabulary; padded with :func:`padded_vocab_size`.
         init_seed: re-draw every weight matrix with :func:`~nemo_rpo.models.init.layout_invariant_init_`
             so that the model is the same at every TP/PP layout; ``None`` keeps megatron's per-rank init.
+            With ``model.lora.rank > 0`` the base weights are frozen and the adapters drawn from this seed
+            (``B = 0``: :mod:`nemo_rpo.models.lora`).
 
     Returns:
         A ``PolicyGPTModel`` whose ``forward`` returns vocab-parallel logits ``[b, s, V_padded / tp]`` on the
@@ -407,4 +415,8 @@ def build_gpt_model(
         gpt.cuda(torch.cuda.current_device())
     if init_seed is not None:
         layout_invariant_init_(gpt, config, init_seed)
+    if model.lora.rank > 0:
+        gpt.lora_rank = model.lora.rank
+        init_adapters_(gpt, init_seed or 0)
+        freeze_base_(gpt)
     return gpt

@@ -24,12 +24,15 @@ import torch
 from nemo_rpo.config.schema import ConfigError, ModelConfig
 from nemo_rpo.models.hf_mapping import hf_config_from_model, hf_to_megatron, megatron_to_hf
 from nemo_rpo.models.init import sharded_tensors
+from nemo_rpo.models.lora import LoraLinear, is_adapter_key
 
 __all__ = [
     "TOKENIZER_FILES",
     "export_hf_model",
+    "export_peft_adapter",
     "gguf_file",
     "load_hf_weights_",
+    "merged_state",
     "read_hf_config",
     "read_hf_state",
     "write_hf_checkpoint",
@@ -120,6 +123,8 @@ def load_hf_weights_(module: torch.nn.Module, hf_state: Mapping[str, torch.Tenso
     full = hf_to_megatron(hf_state, cfg, te=True)
     count = 0
     for sh in sharded_tensors(module):
+        if is_adapter_key(sh.key):  # LoRA adapters are not base weights: they keep their own start
+            continue
         lead = sh.prepend_axis_num
         name = sh.key
         if lead:
@@ -182,7 +187,83 @@ def export_hf_model(out: str | os.PathLike, module: torch.nn.Module, cfg: ModelC
     ``cfg.vocab_size`` is the tokenizer's vocabulary (padding rows are dropped); ``dtype`` a torch dtype
     name; ``base`` the imported model's ``config.json`` (see :func:`hf_config_from_model`).
     """
-    state = {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    state = merged_state(module)
     hf_state = {k: v.to(getattr(torch, dtype)) for k, v in megatron_to_hf(state, cfg).items()}
     path = write_hf_checkpoint(out, hf_state, hf_config_from_model(cfg, base, dtype), tokenizer_source)
     return path, len(hf_state)
+
+
+@torch.no_grad()
+def merged_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s tensors with its enabled LoRA adapters folded into their weights (``W + scale * B A``,
+    computed in fp32) and the adapter matrices left out; ``module`` itself is not changed."""
+    state = {k: v.detach() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    for name, layer in module.named_modules():
+        if isinstance(layer, LoraLinear) and layer.lora_enabled:
+            state[f"{name}.weight"] = (layer.weight.float() + layer.delta_weight().float()).to(
+                layer.weight.dtype
+            )
+    return {k: v for k, v in state.items() if not is_adapter_key(k)}
+
+
+# megatron layer -> the Hugging Face (Llama) modules it holds, for PEFT's per-module adapters
+_PEFT_MODULES = {"linear_qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")),
+                 "linear_proj": ("self_attn", ("o_proj",)),
+                 "linear_fc1": ("mlp", ("gate_proj", "up_proj")),
+                 "linear_fc2": ("mlp", ("down_proj",))}  # fmt: skip
+
+
+@torch.no_grad()
+def export_peft_adapter(out: str | os.PathLike, module: torch.nn.Module, cfg: ModelConfig, *, dtype: str,
+                        base_model: str | None) -> tuple[Path, int]:  # fmt: skip
+    """Write the LoRA adapters of a whole (TP=1, PP=1) GPT ``module`` as a PEFT adapter directory.
+
+    ``adapter_config.json`` (``peft_type`` LORA, ``r``, ``lora_alpha``, ``target_modules`` in Hugging Face
+    names) and ``adapter_model.safetensors`` with PEFT's keys,
+    ``base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`` ``[r, in]`` / ``lora_B.weight``
+    ``[out, r]``. A fused megatron layer becomes several HF modules sharing its ``A``: ``B``'s rows are
+    split as the weight's are (q/k/v per query group, gate/up halves). Returns ``(path, tensors written)``.
+    """
+    from safetensors.torch import save_file
+
+    from nemo_rpo.models.hf_mapping import _split_qkv
+
+    lora, tensors, targets = cfg.lora, {}, []
+    to = getattr(torch, dtype)
+    for name, layer in module.named_modules():
+        if not isinstance(layer, LoraLinear):
+            continue
+        # decoder.layers.<i>.self_attention.linear_qkv -> layer i, megatron name
+        parts = name.split(".")
+        index, kind = int(parts[2]), parts[-1]
+        group, hf_names = _PEFT_MODULES[kind]
+        a, b = layer.lora_a.detach(), layer.lora_b.detach()
+        if kind == "linear_qkv":
+            b_parts = _split_qkv(b, cfg)
+        elif kind == "linear_fc1" and len(hf_names) == 2 and cfg.activation == "swiglu":
+            b_parts = torch.chunk(b, 2, dim=0)
+        else:
+            b_parts = (b,)
+        for hf_name, b_part in zip(hf_names, b_parts):
+            key = f"base_model.model.model.layers.{index}.{group}.{hf_name}"
+            tensors[f"{key}.lora_A.weight"] = a.to(to).clone()  # one A per HF module: no shared storage
+            tensors[f"{key}.lora_B.weight"] = b_part.to(to).clone()
+            if hf_name not in targets:
+                targets.append(hf_name)
+    if not tensors:
+        raise ValueError("export_peft_adapter: the model has no LoRA adapters (model.lora.rank is 0)")
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+              "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": targets,
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "init_lora_weights": True, "inference_mode": True, "modules_to_save": None, "layers_to_transform": None,
+              "rank_pattern": {}, "alpha_pattern": {}}  # fmt: skip
+    final = Path(out)
+    tmp = final.with_name(f".tmp_{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final, len(tensors)

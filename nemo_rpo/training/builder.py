@@ -6,6 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import torch
+
 from nemo_rpo.config.schema import ModelConfig, ParallelConfig, RPOConfig
 from nemo_rpo.distributed.launch import ParallelInfo
 from nemo_rpo.models.gpt import build_gpt_model
@@ -34,6 +36,11 @@ def build_policy_model(cfg: RPOConfig, vocab_size: int) -> list:
 def build_policy_chunks(model: ModelConfig, parallel: ParallelConfig, vocab_size: int, *, seed: int) -> list:
     """:func:`build_policy_model` from the component configs (what :class:`nemo_rpo.RPOModel` is built from)."""
     gpt = build_gpt_model(model, parallel, vocab_size, init_seed=seed)
+    if model.lora.rank > 0 and torch.distributed.get_rank() == 0:
+        trainable = sum(p.numel() for p in gpt.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in gpt.parameters())
+        print(f"model.lora: rank {model.lora.rank} on {', '.join(model.lora.target_modules)}; trainable parameters: "
+              f"{trainable:,} of {total:,} on rank 0 ({100 * trainable / total:.2f}%)", flush=True)  # fmt: skip
     # Losses return (sum, num_prompts, report): megatron then divides gradients by the global prompt
     # count instead of averaging per micro-batch and per data-parallel rank.
     gpt.config.calculate_per_token_loss = True

@@ -57,6 +57,7 @@ from megatron.core.utils import unwrap_model
 
 from nemo_rpo import patches
 from nemo_rpo.data.errors import DataError
+from nemo_rpo.models.lora import has_adapters, is_adapter_key
 
 __all__ = [
     "checkpoint_dir", "checkpoint_layout", "checkpoint_scheduler_state", "checkpoint_step",
@@ -79,7 +80,7 @@ BEFORE_COMMIT: list[Callable[[int, Path], None]] = []
 # Fields that fix the parameters' shapes: a checkpoint loads only into a model that agrees on all of them.
 _SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                  "kv_channels", "gated_linear_unit", "normalization", "add_bias_linear", "add_qkv_bias")  # fmt: skip
-_MODEL_FIELDS = ("vocab_size", "position_embedding_type", "share_embeddings_and_output_weights")
+_MODEL_FIELDS = ("vocab_size", "position_embedding_type", "share_embeddings_and_output_weights", "lora_rank")
 
 ModelArg = torch.nn.Module | Sequence[torch.nn.Module]
 
@@ -106,9 +107,30 @@ def _model_sharded_state(chunks: list[torch.nn.Module], metadata: dict) -> dict:
     return {f"model{i}": chunk.sharded_state_dict(metadata=metadata) for i, chunk in enumerate(chunks)}
 
 
-def _sharded_state(model: ModelArg, optimizer: MegatronOptimizer | None, *, is_loading: bool) -> dict:
+_PARTS = ("auto", "all", "base", "adapters")
+
+
+def _resolve_part(chunks: list[torch.nn.Module], part: str) -> str:
+    if part not in _PARTS:
+        raise ValueError(f"checkpoint part must be one of {_PARTS}, got {part!r}")
+    if part == "auto":
+        return "adapters" if has_adapters(chunks) else "all"
+    return part
+
+
+def _select(state: dict, part: str) -> dict:
+    """Keep the adapter entries (``part="adapters"``) or the others (``"base"``) of a model's sharded state."""
+    if part == "all":
+        return state
+    keep_adapters = part == "adapters"
+    return {k: v for k, v in state.items() if is_adapter_key(k) == keep_adapters}
+
+
+def _sharded_state(
+    model: ModelArg, optimizer: MegatronOptimizer | None, *, is_loading: bool, part: str = "all"
+) -> dict:
     metadata = _sharding_metadata()
-    state = _model_sharded_state(_chunks(model), metadata)
+    state = {name: _select(sub, part) for name, sub in _model_sharded_state(_chunks(model), metadata).items()}
     if optimizer is not None:
         # Only the first model entry is needed: the optimizer maps its params to their ShardedTensors.
         model_state = state["model"] if "model" in state else {k: v for k, v in state.items()}
@@ -301,6 +323,7 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     *,
     keep_last: int | None = None,
+    part: str = "auto",
 ) -> Path:
     """Save a complete, resharding-friendly checkpoint for ``step``; collective over all ranks.
 
@@ -313,6 +336,9 @@ def save_checkpoint(
         extra: JSON-serialisable state of the caller (data position, ...), saved by rank 0; the RNG
             states of every rank are saved separately and automatically.
         keep_last: keep only this many newest complete checkpoints (``None`` keeps all).
+        part: which of the model's tensors: ``"all"``, the LoRA ``"adapters"`` alone (their optimizer state
+            is then all the optimizer holds), or the ``"base"`` weights alone; ``"auto"`` = the adapters of
+            a model that has them (the caller's ``extra`` then says where its base weights are), else all.
 
     Returns:
         The final checkpoint directory.
@@ -331,7 +357,8 @@ def save_checkpoint(
     torch.distributed.barrier()
 
     chunks = _chunks(model)
-    state = _sharded_state(model, optimizer, is_loading=False)
+    part = _resolve_part(chunks, part)
+    state = _sharded_state(model, optimizer, is_loading=False, part=part)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     patches.install("checkpoint")  # megatron's writer reports through an in-process queue
@@ -344,7 +371,7 @@ def save_checkpoint(
 
     if rank == 0:
         _write_text_atomic(tmp / _EXTRA, extra_text)
-        marker = {"step": step, "saved_at": time.time(), **layout, "model": _model_shape(chunks),
+        marker = {"step": step, "saved_at": time.time(), **layout, "model": _model_shape(chunks), "part": part,
                   "files": _manifest(tmp)}  # fmt: skip
         _write_text_atomic(tmp / _COMPLETE, json.dumps(marker, indent=2))
         for callback in BEFORE_COMMIT:
@@ -402,6 +429,7 @@ def load_checkpoint(
     scheduler: OptimizerParamScheduler | None,
     *,
     restore_rng: bool = True,
+    part: str = "auto",
 ) -> dict[str, Any]:
     """Load a checkpoint into this rank's model (and optimizer/scheduler when given); collective.
 
@@ -415,6 +443,8 @@ def load_checkpoint(
         scheduler: load the step count into it, or ``None``.
         restore_rng: ``False`` leaves this process's generators alone (loading a second model, such as
             a reward model, into a run that has its own RNG streams).
+        part: which of the model's tensors to read (see :func:`save_checkpoint`); ``"base"`` loads a
+            checkpoint of the whole model (or of base weights) under a LoRA model's adapters.
 
     Returns:
         The caller's ``extra`` dict, with ``"step"`` added from the completion marker.
@@ -432,14 +462,23 @@ def load_checkpoint(
         raise DataError(str(path), None, "checkpoint", f"torn or corrupted: {problem}")
     marker = _read_marker(path)
     chunks = _chunks(model)
-    _check_model_shape(path, marker.get("model", {}), _model_shape(chunks))
-    request = _sharded_state(model, optimizer, is_loading=True)
+    part = _resolve_part(chunks, part)
+    saved_part = marker.get("part", "all")
+    if part != "adapters" and saved_part == "adapters":
+        raise DataError(str(path), None, "checkpoint", "holds LoRA adapters only, not the model's weights; "
+                        "export merged weights with nemo-rpo-convert mcore-to-hf (docs/lora.md)")  # fmt: skip
+    current = _model_shape(chunks)
+    if part == "base":  # base weights come from any run, with or without adapters
+        current.pop("lora_rank", None)
+    _check_model_shape(path, marker.get("model", {}), current)
+    request = _sharded_state(model, optimizer, is_loading=True, part=part)
     loaded = dist_checkpointing.load(request, str(path))
+    strict = part == "all"  # a part leaves the other tensors as they are
     if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"])
+        chunks[0].load_state_dict(loaded["model"], strict=strict)
     else:
         for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+            chunk.load_state_dict(loaded[f"model{i}"], strict=strict)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:
