@@ -153,6 +153,7 @@ class TestbedConfig:
     data_seed: int = 0  # prompts, splits and the SFT/preference/RM stages (shared by all seeds)
     num_threads: Optional[int] = None  # CPU intra-op threads; None = torch's default
     keep_freed_memory: bool = True  # CPU only; see trainer.keep_freed_memory
+    deterministic: bool = False  # the same numbers on any x86-64 CPU; see trainer.deterministic
     batch_size: int = 32  # prompts per optimizer step (offline, SFT, RM)
     online_batch_size: int = 16  # prompts per online step, each with K=4 samples
     micro_batch_size: int = 16

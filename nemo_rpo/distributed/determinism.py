@@ -17,8 +17,9 @@ a run) on another. ``trainer.deterministic=true`` takes one code path that every
   only for a fixed count, and ATen splits reductions by thread).
 
 ATen and MKL read their variables once, at their first kernel: :func:`request_deterministic` sets them
-(overriding the environment's) and must run before any tensor is computed; every ``nemo-rpo-*`` entry
-point calls it right after composing its config, in each process (so torchrun and srun ranks too).
+(overriding the environment's) and must run before any tensor is computed; ``nemo-rpo-train``,
+``nemo-rpo-train-rm`` and ``nemo-rpo-testbed`` call it right after composing their config, in each
+process (so torchrun and srun ranks too).
 :func:`apply_deterministic` then checks that both took effect and fails with one line if not (a
 program that computed with torch before, e.g. through the Python API: set the variables in the
 environment before starting Python). What stays machine-dependent: the glibc build (libm's ``expf``
@@ -102,8 +103,9 @@ def cpu_numerics() -> dict[str, object]:
 
 
 def apply_deterministic(num_threads: int | None) -> int:
-    """Finish what :func:`request_deterministic` started: check that ATen runs its baseline kernels and
-    MKL its COMPATIBLE branch, turn oneDNN off and fix the thread count (``num_threads``, else 1).
+    """Finish what :func:`request_deterministic` started (requesting it here too, for callers that did
+    not): check that ATen runs its baseline kernels and MKL its COMPATIBLE branch, turn oneDNN off and
+    fix the thread count (``num_threads``, else 1).
 
     Returns:
         The number of threads torch will use.
@@ -117,6 +119,7 @@ def apply_deterministic(num_threads: int | None) -> int:
     from nemo_rpo.config.schema import ConfigError
     from nemo_rpo.distributed import cpu_support
 
+    request_deterministic(True)  # in time if no kernel ran yet (Python API); else the checks below say so
     if torch.cuda.is_available():
         warnings.warn(
             "trainer.deterministic fixes CPU kernels only; CUDA kernels keep their own choices", stacklevel=2

@@ -58,7 +58,7 @@ KEEP_ALL = 10_000  # checkpoints kept per run: every one is a candidate for sele
 def run_testbed(cfg: TestbedConfig) -> dict:
     """Run every stage that is not finished yet; write ``results.json``, the table and the plots."""
     started = time.perf_counter()
-    configure_cpu(cfg.num_threads, cfg.keep_freed_memory)
+    configure_cpu(cfg.num_threads, cfg.keep_freed_memory, cfg.deterministic)
     info = init_distributed(ParallelConfig(), cfg.data_seed)
     if info.world_size != 1:
         raise ConfigError("nemo-rpo-testbed runs in one process (launch it without torchrun)")
@@ -187,6 +187,7 @@ def _rpo_config(cfg: TestbedConfig, exp_dir: Path, *, mode: str, loss, k: int, s
             seed=seed,
             num_threads=cfg.num_threads,
             keep_freed_memory=cfg.keep_freed_memory,
+            deterministic=cfg.deterministic,
         ),  # fmt: skip
         checkpoint=CheckpointConfig(
             save_interval=save_interval,
@@ -220,7 +221,8 @@ def _train_rm(cfg: TestbedConfig, exp_dir: Path, data: Path) -> None:
         optim=OptimConfig(lr=cfg.rm_lr, min_lr=cfg.rm_lr, warmup_steps=0, decay_style="constant"),
         trainer=TrainerConfig(max_steps=steps, global_batch_size=cfg.batch_size,
                               micro_batch_size=cfg.micro_batch_size, log_interval=max(1, steps // 4),
-                              seed=cfg.data_seed, num_threads=cfg.num_threads, keep_freed_memory=cfg.keep_freed_memory),
+                              seed=cfg.data_seed, num_threads=cfg.num_threads, keep_freed_memory=cfg.keep_freed_memory,
+                              deterministic=cfg.deterministic),
         checkpoint=CheckpointConfig(save_interval=steps), logging=LoggingConfig(tensorboard=False, progress_bar=False),
     )  # fmt: skip
     train_reward_model(rm)
