@@ -208,8 +208,11 @@ class RPOModel:
         if self.info.rank == 0:
             Path(exp_dir).mkdir(parents=True, exist_ok=True)
             (Path(exp_dir) / "config.yaml").write_text(self._run_config_yaml())
-        return save_checkpoint(exp_dir, self.step, self.chunks, self.optimizer, self.scheduler,
-                               {"step": self.step}, keep_last=keep_last)  # fmt: skip
+        extra = {"step": self.step}
+        if self.model_cfg.lora.rank > 0:  # the checkpoint holds the adapters; the base is built from the seed
+            extra["lora_base"] = {"seed": self.seed}
+        return save_checkpoint(exp_dir, self.step, self.chunks, self.optimizer, self.scheduler, extra,
+                               keep_last=keep_last)  # fmt: skip
 
     def load(self, path: str | os.PathLike, *, weights_only: bool = False) -> int:
         """Load a run directory's latest checkpoint (or one checkpoint directory), saved with any layout.
