@@ -4,7 +4,7 @@ norm from metrics.jsonl, within the same tolerance. Column-parallel B and row-pa
 the TP ranks, so a wrong all-reduce or a replicated adapter counted twice in the gradient norm shows here."""
 
 import pytest
-from test_cli_layouts import _assert_same, _run
+from test_cli_layouts import _assert_same, _launch, _run
 
 pytestmark = pytest.mark.distributed
 
@@ -24,7 +24,26 @@ def test_lora_trains_and_the_base_is_frozen(lora_baseline, tmp_path_factory) -> 
     assert lora_baseline[-1]["grad_norm"] < full[-1]["grad_norm"]  # fewer parameters carry gradient
 
 
-@pytest.mark.parametrize("layout", [["parallel.tp=2"], ["parallel.pp=2"]])
+@pytest.mark.parametrize(
+    "layout",
+    [["parallel.tp=2"], ["parallel.pp=2"], ["parallel.use_distributed_optimizer=true"]],  # the last: DP=2
+)
 def test_lora_layouts_match_tp1(lora_baseline, tmp_path, layout) -> None:
     rows = _run(2, tmp_path, *LORA, *layout)
     _assert_same(rows, lora_baseline, 4)
+
+
+def test_lora_save_tp2_distributed_optimizer_resume_tp1(lora_baseline, tmp_path) -> None:
+    """2 steps at TP=2 with the distributed optimizer (adapters and their Adam state split over ranks), then
+    the same exp_dir at TP=1 (DP=1) to step 4: the adapters and their optimizer state reshard like full weights."""
+    _run(
+        2,
+        tmp_path,
+        *LORA[:-1],
+        "trainer.max_steps=2",
+        "parallel.tp=2",
+        "parallel.use_distributed_optimizer=true",
+    )
+    rows, stdout = _launch(1, tmp_path, *LORA, "parallel.use_distributed_optimizer=true")
+    _assert_same(rows, lora_baseline, 4)
+    assert "at step 2 (resharded: tp 2->1, pp 1->1, dp 1->1)" in stdout
