@@ -115,7 +115,7 @@ def cmd_check(_: argparse.Namespace) -> None:
 
 
 def cmd_isa(args: argparse.Namespace) -> None:
-    results: dict[str, dict] = {"cpu": cpu_name(), "steps": args.steps, "threads": args.threads, "modes": {}}
+    results: dict = {"cpu": cpu_name(), "steps": args.steps, "threads": args.threads, "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, extra in (("default", []), ("deterministic", ["trainer.deterministic=true"])):
             extra = [*extra, f"trainer.max_steps={args.steps}"]
@@ -136,14 +136,16 @@ def cmd_isa(args: argparse.Namespace) -> None:
                     table[f"native, {n} threads"] = compare(native, rows)
                     print(f"{mode:13s} {n} threads    {table[f'native, {n} threads']}", flush=True)
     if args.json:
+        results["load_average_at_end"] = os.getloadavg()
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
     """Median step time of ``nemo-rpo-train`` (steps after the first ``--skip``), alternating the variants."""
-    variants = {"default": [], "deterministic": ["trainer.deterministic=true"],
-                f"deterministic, {args.threads} threads": ["trainer.deterministic=true",
-                                                           f"trainer.num_threads={args.threads}"]}  # fmt: skip
+    variants = {"default": [], "deterministic": ["trainer.deterministic=true"]}
+    if args.threads > 1:  # the mode's own default is 1 thread; also at the default runs' count
+        variants[f"deterministic, {args.threads} threads"] = ["trainer.deterministic=true",
+                                                              f"trainer.num_threads={args.threads}"]  # fmt: skip
     medians: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -162,7 +164,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
         )
     if args.json:
         out = {"cpu": cpu_name(), "threads_default": args.threads, "steps": args.steps, "skip": args.skip,
-               "median_step_s": medians, "ratio_to_default": ratios}  # fmt: skip
+               "load_average_at_end": os.getloadavg(), "median_step_s": medians, "ratio_to_default": ratios}  # fmt: skip
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
 

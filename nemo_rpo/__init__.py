@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GenerationConfig", "LossConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "RPOModel",
-           "TokenizerConfig"]  # fmt: skip
+__all__ = ["GenerationConfig", "LoraConfig", "LossConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
+           "RPOModel", "TokenizerConfig"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
