@@ -3,7 +3,8 @@
 This machine is made to take another CPU's code paths through the libraries' own switches: ATen's
 kernel level (``ATEN_CPU_CAPABILITY``), MKL's (``MKL_ENABLE_INSTRUCTIONS``), oneDNN's
 (``ONEDNN_MAX_CPU_ISA``) and glibc's (``GLIBC_TUNABLES`` hwcaps, which pick libm's FMA or SSE2
-variants). In deterministic mode every logged number of those runs must equal the plain run's bitwise.
+variants). In deterministic mode every logged number of those runs must equal the plain run's bitwise,
+in one process and in every rank of a torchrun launch.
 Without the mode the same switches move the numbers (up to ~1e-7 in the loss within 8 steps;
 ``benchmarks/determinism.py isa`` measures it), which this test does not assert: on another CPU a
 switch may be a no-op. The stored reference (``tests/fixtures/deterministic_reference.json``) is
@@ -69,6 +70,26 @@ def test_deterministic_numbers_do_not_follow_the_isa(tmp_path: Path) -> None:
     ref = json.loads(REFERENCE.read_text())
     if _cpu_model() == ref["cpu"]:  # elsewhere: benchmarks/determinism.py check (docs/determinism.md)
         assert native == ref["steps"]
+
+
+def test_every_torchrun_rank_applies_it(tmp_path: Path) -> None:
+    """Each rank composes the config and sets the variables itself; a rank whose ATen or MKL chose the CPU's
+    kernels would stop the run. Posing as an AVX2 CPU, TP=2 gives the native TP=2 numbers bitwise."""
+    runs = []
+    for name, env in (("native", {}), ("avx2", AVX2_CPU)):
+        full_env = {k: v for k, v in os.environ.items() if k not in _SWITCHES}
+        full_env.update(OMP_NUM_THREADS="1", **env)
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+             "nemo_rpo.train", f"exp_dir={tmp_path / name}", "trainer.deterministic=true", "parallel.tp=2",
+             "trainer.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false"],
+            cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "deterministic: ATen DEFAULT kernels, MKL COMPATIBLE branch" in done.stdout
+        runs.append((tmp_path / name / "metrics.jsonl").read_text().splitlines())
+    native, posed = ([{k: json.loads(r)[k] for k in COMPARED} for r in rows] for rows in runs)
+    assert posed == native
 
 
 def test_too_late_is_one_line(tmp_path: Path) -> None:
