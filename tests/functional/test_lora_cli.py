@@ -2,6 +2,7 @@
 iteration start merges the adapters into the base), and ``mcore-to-hf`` exports merged weights and a PEFT
 adapter directory that gives the merged model's logits when applied to the exported base in ``transformers``."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -81,25 +82,56 @@ def _logits(model_dir: Path, ids: torch.Tensor, adapter: Path | None = None) -> 
         return model(ids).logits
 
 
-def test_mcore_to_hf_exports_merged_weights_and_a_peft_adapter(tmp_path: Path) -> None:
-    exp = tmp_path / "run"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3-step LoRA run exported by ``mcore-to-hf --peft-out``: (merged HF dir, PEFT adapter dir)."""
+    tmp = tmp_path_factory.mktemp("export")
+    exp = tmp / "run"
     proc = _run(exp, [*SMALL, *LORA, "trainer.max_steps=3", "logging.tensorboard=false"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    merged, adapter = tmp_path / "hf", tmp_path / "adapter"
+    merged, adapter = tmp / "hf", tmp / "adapter"
     convert = [sys.executable, "-m", "nemo_rpo.cli.convert", "mcore-to-hf", "--ckpt", str(exp), "--out", str(merged),
                "--peft-out", str(adapter)]  # fmt: skip
     done = subprocess.run(convert, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "LoRA adapters merged" in done.stdout
+    return merged, adapter
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_mcore_to_hf_exports_merged_weights_and_a_peft_adapter(exported) -> None:
+    merged, adapter = exported
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8.0
     assert config["base_model_name_or_path"] == str((adapter / "base").resolve())
-    ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
-    want = _logits(merged, ids)
-    base = _logits(adapter / "base", ids)
-    got = _logits(adapter / "base", ids, adapter)
+    want = _logits(merged, _ids())
+    base = _logits(adapter / "base", _ids())
+    got = _logits(adapter / "base", _ids(), adapter)
     assert (want - base).abs().max() > 1e-3  # the adapters trained: merged differs from the base
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("peft") is None, reason="peft is not installed (not a dependency)"
+)
+def test_peft_loads_the_exported_adapter(exported) -> None:
+    """The PEFT library itself (where installed; it is not a dependency): ``PeftModel.from_pretrained`` on
+    the exported base gives the merged model's logits."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    merged, adapter = exported
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], torch_dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+    loaded = {k for k, _ in model.named_parameters() if "lora_" in k}
+    assert len(loaded) == len(config["target_modules"]) * 2 * 2  # 7 HF modules x (A, B) x 2 layers
+    with torch.no_grad():
+        got = model(_ids()).logits
+    torch.testing.assert_close(got, _logits(merged, _ids()), rtol=0, atol=1e-4)
 
 
 def test_iterative_offline_lora_merges_before_regenerating_and_resumes_bitwise(tmp_path: Path) -> None:
