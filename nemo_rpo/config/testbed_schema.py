@@ -108,23 +108,24 @@ class TunedConfig:
 
 
 def _tuned() -> dict[str, TunedConfig]:
-    # Chosen by `nemo-rpo-testbed search=true` on the valid split (seed 1), 2026-12-06; every candidate's
-    # valid score: benchmarks/results/2026-12-06-testbed-search.json, summary in docs/testbed.md#search.
+    # Chosen by `nemo-rpo-testbed search=true` on the valid split (seed 1) of the default grid's own SFT
+    # policy, 2026-12-06. Every candidate's valid score: benchmarks/results/2026-12-06-testbed-search.json;
+    # summary: docs/testbed.md#search.
     chosen = {
-        "dpo": (3e-4, 0.3, None),
-        "simpo": (1e-4, 0.3, None),
+        "dpo": (3e-4, 0.1, None),
+        "simpo": (3e-4, 0.3, None),
         "kto": (3e-4, 0.3, None),
-        "rpo_bwd_k2": (1e-4, 0.3, 30.0),
-        "rpo_bwd_k4": (3e-4, 0.3, 30.0),
-        "rpo_sqloo_k2": (3e-4, 0.3, None),
+        "rpo_bwd_k2": (3e-4, 0.1, 3.0),
+        "rpo_bwd_k4": (3e-4, 0.1, 10.0),
+        "rpo_sqloo_k2": (3e-4, 0.03, None),
         "rpo_sqloo_k4": (3e-4, 0.03, None),
-        "online_rpo_bwd_gt": (3e-4, 0.3, 30.0),
+        "online_rpo_bwd_gt": (3e-4, 0.03, 10.0),
         "online_rpo_sqloo_gt": (3e-4, 0.03, None),
-        "online_rpo_bwd_learnt": (3e-4, 0.03, 3.0),
-        "online_rpo_sqloo_learnt": (1e-4, 0.3, None),
-        "lipo_lambda_k4": (1e-4, 0.1, None),
-        "plackett_luce_k4": (3e-4, 0.3, None),
-        "rpo_token_bwd_k4": (3e-4, 0.3, 10.0),
+        "online_rpo_bwd_learnt": (1e-4, 0.3, 10.0),
+        "online_rpo_sqloo_learnt": (3e-4, 0.3, None),
+        "lipo_lambda_k4": (1e-4, 0.03, None),
+        "plackett_luce_k4": (3e-4, 0.03, None),
+        "rpo_token_bwd_k4": (1e-4, 0.03, 10.0),
     }
     return {m: TunedConfig(*chosen[m]) for m in METHODS if not m.startswith("iter_")}
 
