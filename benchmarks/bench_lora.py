@@ -9,7 +9,8 @@ number of trainable parameters, and the held-out judge reward the run prints::
         --json benchmarks/results/<date>-lora.json
     OMP_NUM_THREADS=1 python benchmarks/bench_lora.py --shape anchor --rows full lora_r8 --steps 30 ...
 
-``--shape anchor``: the same data on the performance anchor's model (4 layers, hidden 256, 8 heads, ffn 704,
+``--mode online`` (``online.sft_warmup_steps=0``): where the full model keeps a second, frozen copy as the
+reference and LoRA does not. ``--shape anchor``: the same data on the performance anchor's model (4 layers, hidden 256, 8 heads, ffn 704,
 vocabulary 8,192, untied: benchmarks/anchor.py), where the weights, not the interpreter, set the memory.
 """
 
@@ -38,6 +39,10 @@ SHAPES = {
                f"model.vocab_size={VOCAB_SIZE}", "model.untie_embeddings_and_output_weights=true"],
 }  # fmt: skip
 
+# online: the embedded synthetic task and judge, no SFT warm-up (its cost is not the comparison): the full
+# model keeps a frozen reference copy, LoRA runs the reference as the policy with its adapters off
+MODES = {"offline": [], "online": ["mode=online", "online.sft_warmup_steps=0"]}
+
 ROWS = {
     "full": [],
     "lora_r8": ["model.lora.rank=8"],
@@ -49,10 +54,10 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_row(name: str, steps: int, work: Path, shape: str = "tiny") -> dict:
+def run_row(name: str, steps: int, work: Path, shape: str = "tiny", mode: str = "offline") -> dict:
     exp = work / name
     cmd = [sys.executable, "-m", "nemo_rpo.train", f"exp_dir={exp}", f"trainer.max_steps={steps}",
-           "logging.progress_bar=false", "logging.tensorboard=false", *SHAPES[shape], *ROWS[name]]  # fmt: skip
+           "logging.progress_bar=false", "logging.tensorboard=false", *SHAPES[shape], *MODES[mode], *ROWS[name]]  # fmt: skip
     env = {
         **os.environ,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
@@ -65,13 +70,15 @@ def run_row(name: str, steps: int, work: Path, shape: str = "tiny") -> dict:
         raise RuntimeError(f"{name} failed:\n{out[-3000:]}")
     rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     last = rows[-10:]
+    accuracy = [r["accuracy"] for r in last if "accuracy" in r]
     judge = re.search(r"held-out judge reward .*?step 0 ([0-9.]+) -> step \d+ ([0-9.]+)", out)
     ckpt = sorted((exp / "checkpoints").glob("step_*"))[-1]
     trainable = re.search(r"trainable parameters: ([0-9,]+)", out)
     return {
         "row": name,
         "final_loss": statistics.mean(r["loss"] for r in last),
-        "final_accuracy": statistics.mean(r["accuracy"] for r in last),
+        "final_accuracy": statistics.mean(accuracy) if accuracy else None,
+        "final_reward": statistics.mean(r["reward"] for r in last) if "reward" in last[0] else None,
         "step_time_s": statistics.median(r["step_time_s"] for r in rows[1:]),
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "checkpoint_bytes": _dir_bytes(ckpt),
@@ -87,10 +94,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
+    parser.add_argument("--mode", choices=list(MODES), default="offline")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "cpu": cpu_description(),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "shape": args.shape,
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": args.steps, "shape": args.shape, "mode": args.mode,
                "rounds": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_lora_") as tmp:
         for r in range(args.rounds):
@@ -98,7 +106,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             rows = []
             for name in order:
-                row = run_row(name, args.steps, Path(tmp) / f"round{r}", args.shape)
+                row = run_row(name, args.steps, Path(tmp) / f"round{r}", args.shape, args.mode)
                 rows.append(row)
                 print(json.dumps({"round": r + 1, "load": round(load, 1), **row}), flush=True)
             results["rounds"].append({"load_average": load, "rows": rows})
