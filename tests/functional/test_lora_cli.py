@@ -149,3 +149,32 @@ def test_iterative_offline_lora_merges_before_regenerating_and_resumes_bitwise(t
     rows = _metrics(cut)
     assert [r["iteration"] for r in rows] == [0, 0, 0, 1, 1, 1]
     _assert_identical(rows, _metrics(full), ("loss", "grad_norm", "accuracy", "lr"))
+
+
+def test_lora_from_hugging_face_resumes_from_its_pointer_and_exports_against_it(tmp_path: Path) -> None:
+    """``model.init_from_hf`` + LoRA: checkpoints point at the HF directory (the resume reloads the base from
+    it), and the PEFT adapter names it as its base model (no copy written); applied to it, the adapter gives
+    the merged export's logits. Qwen2: q/k/v carry biases, and GQA splits B's q/k/v rows unevenly."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_tiny import save_tiny_hf
+
+    hf_dir = save_tiny_hf(tmp_path / "hf", "qwen2")
+    exp = tmp_path / "run"
+    args = [f"model.init_from_hf={hf_dir}", *LORA, "trainer.global_batch_size=8", "logging.progress_bar=false",
+            "logging.tensorboard=false", "optim.decay_style=constant", "optim.warmup_steps=0"]  # fmt: skip
+    assert _run(exp, [*args, "trainer.max_steps=2"]).returncode == 0
+    proc = _run(exp, [*args, "trainer.max_steps=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"initialised base weights from {hf_dir}" in proc.stdout and "at step 2" in proc.stdout
+    extra = json.loads((exp / "checkpoints" / "step_00000003" / "extra.json").read_text())
+    assert extra["lora_base"] == {"hf": str(hf_dir)}
+    merged, adapter = tmp_path / "merged", tmp_path / "adapter"
+    convert = [sys.executable, "-m", "nemo_rpo.cli.convert", "mcore-to-hf", "--ckpt", str(exp), "--out", str(merged),
+               "--peft-out", str(adapter)]  # fmt: skip
+    done = subprocess.run(convert, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(hf_dir) and not (adapter / "base").exists()
+    want = _logits(merged, _ids())
+    assert (want - _logits(hf_dir, _ids())).abs().max() > 1e-3
+    torch.testing.assert_close(_logits(hf_dir, _ids(), adapter), want, rtol=0, atol=1e-4)
