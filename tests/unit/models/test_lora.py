@@ -175,3 +175,23 @@ def test_peft_adapter_keys_and_shapes(world1, tiny_config, tmp_path) -> None:
         prefix = f"base_model.model.model.layers.1.{group}.{name}"
         assert tensors[f"{prefix}.lora_A.weight"].shape == (4, fan_in)
         assert tensors[f"{prefix}.lora_B.weight"].shape == (fan_out, 4)
+
+
+def test_base_weights_load_from_a_full_checkpoint_and_an_adapter_checkpoint_is_refused(
+    world1, tiny_config, ids, tmp_path
+) -> None:
+    """``checkpoint.init_from`` of a LoRA run: ``part="base"`` reads a whole model's checkpoint under the
+    adapters; a checkpoint of adapters alone cannot stand in for weights (one line says what to do)."""
+    from nemo_rpo.data.errors import DataError
+
+    full = build_gpt_model(tiny_config(), ParallelConfig(), VOCAB, init_seed=7)
+    path = save_checkpoint(tmp_path / "full", 1, [full], None, None, {})
+    adapted = build_gpt_model(
+        _lora(tiny_config()), ParallelConfig(), VOCAB, init_seed=99
+    )  # other base weights
+    assert not torch.equal(_nll(adapted, ids), _nll(full, ids))
+    load_checkpoint(path, [adapted], None, None, restore_rng=False, part="base")
+    assert torch.equal(_nll(adapted, ids), _nll(full, ids))  # B = 0: the loaded base model exactly
+    lora_path = save_checkpoint(tmp_path / "lora", 1, [adapted], None, None, {})
+    with pytest.raises(DataError, match="holds LoRA adapters only"):
+        load_checkpoint(lora_path, [adapted], None, None, restore_rng=False, part="base")
