@@ -103,7 +103,10 @@ class AdapterReference:
     ) -> bool:
         """``pi_ref := pi`` at ``step``; returns whether there was anything to merge (adapters with ``B != 0``)."""
         del root  # the merged base goes to <exp_dir>/lora_base, named by the checkpoints' pointer
-        active = torch.tensor([float(any(bool(layer.lora_b.any()) for layer in adapter_layers(policy)))])
+        layers = adapter_layers(policy)
+        # NCCL reduces device tensors only
+        device = layers[0].lora_b.device if layers else torch.device("cpu")
+        active = torch.tensor([float(any(bool(layer.lora_b.any()) for layer in layers))], device=device)
         torch.distributed.all_reduce(active, op=torch.distributed.ReduceOp.MAX)
         if not active.item():
             return False  # the adapters are still at their zero start: the base is the policy
