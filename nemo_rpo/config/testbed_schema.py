@@ -60,7 +60,7 @@ class ScaleConfig:
 
 
 def _quick() -> ScaleConfig:
-    # Measured: 3 min 10 s for the whole command on a 2-core CPU at load average 20-30 (docs/testbed.md).
+    # Measured: 2 min 15 s for the whole command on a 2-core Intel Xeon at load average 3-5 (docs/testbed.md).
     return ScaleConfig(
         methods=["dpo", "rpo_bwd_k4", "online_rpo_bwd_gt", "online_rpo_sqloo_gt", "online_rpo_bwd_learnt"],
         seeds=[1],
