@@ -308,7 +308,8 @@ def _train_method(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: Path
         from nemo_rpo.algorithms.online import train_online as train
 
         reward = RewardConfig(kind="megatron", path=str(rm_dir)) if spec.rm == "learnt" else None
-        steps, interval = scale.online_steps, scale.online_save_interval
+        steps = scale.learnt_online_steps if spec.rm == "learnt" else scale.online_steps
+        interval = scale.online_save_interval
         if spec.iterations > 1:
             interval = steps
         rpo = _rpo_config(cfg, run_dir, mode="online", loss=loss, k=spec.k, seed=seed, steps=steps * spec.iterations,
@@ -370,21 +371,24 @@ def _run_and_evaluate(cfg: TestbedConfig, spec: MethodSpec, seed: int, run_dir: 
 
         learnt = MegatronRewardModel(rm_dir)
     # Step 0, the SFT policy itself, is a selection candidate like any saved checkpoint.
+    # Runs against the learnt RM keep each checkpoint's per-prompt judge rewards too: Figure 4's paired test.
     curve = [{"step": 0, "checkpoint": None, "valid_reward": _mean(baseline["valid"]), "kl": 0.0}]
     if learnt is not None:
         texts = [p.text for p in sets["valid"]]
         curve[0]["valid_learnt_reward"] = _mean(learnt.score(texts, baseline["responses"]["valid"]).tolist())
+        curve[0]["valid_rewards"] = list(baseline["valid"])
     for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
         if not (ckpt / "COMPLETE").is_file():
             continue
         evaluator.load(ckpt)
         responses = evaluator.responses(sets["valid"])
-        point = {"step": int(ckpt.name.split("_")[1]), "checkpoint": str(ckpt),
-                 "valid_reward": _mean(_score(sets["valid"], responses)),
+        judged = _score(sets["valid"], responses)
+        point = {"step": int(ckpt.name.split("_")[1]), "checkpoint": str(ckpt), "valid_reward": _mean(judged),
                  "kl": evaluator.kl_to_sft(sets["valid"], seed)}  # fmt: skip
         if learnt is not None:
             rm_scores = learnt.score([p.text for p in sets["valid"]], responses).tolist()
             point["valid_learnt_reward"] = _mean(rm_scores)
+            point["valid_rewards"] = judged
         curve.append(point)
     # Appendix F: the best checkpoint by valid reward; iterative runs: the checkpoint ending each iteration.
     per_iter = spec.iterations > 1

@@ -183,14 +183,18 @@ def _targets(results: dict) -> list[dict]:
     if curves:
         ours, held = {}, True
         for name, runs in curves.items():
+            steps, judge = _mean_curve(runs, "valid_reward")
             _, rm = _mean_curve(runs, "valid_learnt_reward")
-            _, judge = _mean_curve(runs, "valid_reward")
-            ours |= {f"{name} RM first": rm[0], f"{name} RM last": rm[-1], f"{name} judge peak": max(judge),
-                     f"{name} judge last": judge[-1]}  # fmt: skip
-            held &= rm[-1] > rm[0] and judge[-1] < max(judge)
+            peak = judge.index(max(judge))  # the first checkpoint at the mean judge curve's maximum
+            fall = mean_ci(_paired(runs, steps[peak], steps[-1]))
+            ours |= {f"{name} RM first": rm[0], f"{name} RM at judge peak": rm[peak], f"{name} RM last": rm[-1],
+                     f"{name} judge peak step": steps[peak], f"{name} judge peak": judge[peak],
+                     f"{name} judge last": judge[-1], f"{name} judge last-peak lo": fall["lo"],
+                     f"{name} judge last-peak hi": fall["hi"]}  # fmt: skip
+            held &= rm[-1] > rm[peak] > rm[0] and fall["hi"] < 0
         out.append({"name": "figure 4", "paper": "online against the learnt RM: the RM's reward keeps rising while "
-                    "the judge's falls from its peak (over-optimization; valid, mean over seeds)",
-                    "ours": ours, "held": held})  # fmt: skip
+                    "the judge's falls from its peak (valid, mean over seeds; the fall's 95% interval is paired "
+                    "over prompts x seeds)", "ours": ours, "held": held})  # fmt: skip
     return out
 
 
@@ -201,6 +205,15 @@ def format_findings(items: list[dict]) -> str:
         nums = ", ".join(f"{k} {v:.3f}" for k, v in f["ours"].items())
         lines.append(f"[{'reproduced' if f['held'] else 'NOT reproduced'}] {f['paper']}: {nums}")
     return "\n".join(lines)
+
+
+def _paired(curves: list[list[dict]], first: int, last: int) -> list[float]:
+    """Per valid prompt and seed: the judge's reward at step ``last`` minus that at step ``first``."""
+    out = []
+    for curve in curves:
+        at = {p["step"]: p["valid_rewards"] for p in curve}
+        out += [b - a for a, b in zip(at[first], at[last], strict=True)]
+    return out
 
 
 def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
