@@ -27,12 +27,9 @@ def load_testbed_config(overrides: list[str]):
 
 
 def run(cfg) -> dict:
-    from nemo_rpo.distributed.determinism import request_deterministic
+    from nemo_rpo.distributed.determinism import prepare_process
 
-    request_deterministic(cfg.deterministic)  # before any kernel runs: ATen and MKL read it once
-    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
-
-    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
+    prepare_process(cfg.deterministic)  # before any kernel runs and before megatron is imported
     from nemo_rpo.testbed.pipeline import run_testbed
 
     return run_testbed(cfg)

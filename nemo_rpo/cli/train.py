@@ -22,12 +22,9 @@ def _debug_requested(argv: list[str]) -> bool:
 
 def run(cfg) -> None:
     """Dispatch a typed config to its algorithm."""
-    from nemo_rpo.distributed.determinism import request_deterministic
+    from nemo_rpo.distributed.determinism import prepare_process
 
-    request_deterministic(cfg.trainer.deterministic)  # before any kernel runs: ATen and MKL read it once
-    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
-
-    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
+    prepare_process(cfg.trainer.deterministic)  # before any kernel runs and before megatron is imported
     from nemo_rpo.distributed.launch import print_layout, teardown_distributed
 
     print_layout(cfg.parallel, cfg.trainer.micro_batch_size, cfg.trainer.global_batch_size)

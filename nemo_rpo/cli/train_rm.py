@@ -28,12 +28,9 @@ def load_rm_config(overrides: list[str]):
 
 def run(cfg) -> None:
     """Train the reward model described by a typed ``RMTrainConfig``."""
-    from nemo_rpo.distributed.determinism import request_deterministic
+    from nemo_rpo.distributed.determinism import prepare_process
 
-    request_deterministic(cfg.trainer.deterministic)  # before any kernel runs: ATen and MKL read it once
-    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
-
-    prepare_megatron_import()  # before megatron is imported: warnings, deferred torch.compile
+    prepare_process(cfg.trainer.deterministic)  # before any kernel runs and before megatron is imported
     from nemo_rpo.algorithms.reward_model import train_reward_model
     from nemo_rpo.distributed.launch import print_layout, teardown_distributed
 

@@ -34,7 +34,13 @@ import os
 import platform
 import warnings
 
-__all__ = ["DETERMINISTIC_ENV", "apply_deterministic", "cpu_numerics", "request_deterministic"]
+__all__ = [
+    "DETERMINISTIC_ENV",
+    "apply_deterministic",
+    "cpu_numerics",
+    "prepare_process",
+    "request_deterministic",
+]
 
 DETERMINISTIC_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 
@@ -52,6 +58,16 @@ def request_deterministic(enabled: bool) -> None:
     """
     if enabled:
         os.environ.update(DETERMINISTIC_ENV)
+
+
+def prepare_process(deterministic: bool) -> None:
+    """What every entry point runs first, in each process: :func:`request_deterministic` (before any
+    kernel) and then ``prepare_megatron_import`` (before megatron is imported: its warnings, deferred
+    ``torch.compile``)."""
+    request_deterministic(deterministic)
+    from nemo_rpo.distributed.cpu_support import prepare_megatron_import
+
+    prepare_megatron_import()
 
 
 def _mkl_branch() -> str | None:
