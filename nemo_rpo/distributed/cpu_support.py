@@ -393,6 +393,41 @@ _LIBC = None
 _MALLOC_SUSPENDED = 0
 
 
+def fix_openmp_team_size() -> bool:
+    """Turn OpenMP's dynamic team sizing off in torch's libgomp; returns whether it was on.
+
+    With dyn-var on (``OMP_DYNAMIC=true``, or a library calling ``omp_set_dynamic(1)``), libgomp sizes
+    every parallel region from the machine's 15-minute load average (``getloadavg``; on 2 cores one thread
+    from a load of 1.9 on): on a busy machine ATen's
+    parallel reductions and products run on fewer threads and split their sums differently, so the same
+    seed gives numbers that depend on the load (measured: a hash of six products and softmax sums on
+    2 threads at load average ~8 differs between ``OMP_DYNAMIC=TRUE`` and ``FALSE``). A training run
+    must not depend on its neighbours, so it runs with a fixed team. No-op where torch uses another
+    OpenMP runtime (returns False).
+    """
+    lib = _torch_libgomp()
+    if lib is None or not lib.omp_get_dynamic():
+        return False
+    lib.omp_set_dynamic(0)
+    return True
+
+
+def _torch_libgomp():  # noqa: ANN202 - a ctypes handle
+    """torch's own libgomp (dlopen of an already-loaded file returns the same handle), or None."""
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    names = [n for n in os.listdir(libdir) if n.startswith("libgomp")] if os.path.isdir(libdir) else []
+    for name in [*(os.path.join(libdir, n) for n in names), ctypes.util.find_library("gomp")]:
+        if name is None:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if hasattr(lib, "omp_get_dynamic") and hasattr(lib, "omp_set_dynamic"):
+            return lib
+    return None
+
+
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX-BF16, from ``/proc/cpuinfo``).
 

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from nemo_rpo.config.schema import ConfigError, ParallelConfig
-from nemo_rpo.distributed.cpu_support import filter_noisy_warnings, install_cpu_support, tune_glibc_malloc
+from nemo_rpo.distributed.cpu_support import (
+    filter_noisy_warnings,
+    fix_openmp_team_size,
+    install_cpu_support,
+    tune_glibc_malloc,
+)
 
 __all__ = ["ParallelInfo", "configure_cpu", "describe_layout", "init_distributed", "print_layout", "set_num_threads",
            "teardown_distributed"]  # fmt: skip
@@ -181,6 +186,8 @@ def configure_cpu(num_threads: int | None, keep_freed_memory: bool, deterministi
     memory (:func:`~nemo_rpo.distributed.cpu_support.tune_glibc_malloc`; irreversible for the process).
     ``deterministic`` (``trainer.deterministic``): CPU-independent kernels and a fixed thread count
     (:func:`~nemo_rpo.distributed.determinism.apply_deterministic`), stated in one line on rank 0.
+    OpenMP's dynamic team sizing is always turned off (:func:`~nemo_rpo.distributed.cpu_support.
+    fix_openmp_team_size`), with one line on rank 0 when it was on.
 
     Returns:
         The number of threads torch will use.
@@ -197,6 +204,10 @@ def configure_cpu(num_threads: int | None, keep_freed_memory: bool, deterministi
                   flush=True)  # fmt: skip
     else:
         threads = set_num_threads(num_threads)
+    if fix_openmp_team_size() and _read_launch_env().rank == 0:
+        print("OpenMP dynamic threads (OMP_DYNAMIC) were on: the team size followed the machine's load "
+              f"average, and with it the numbers; turned off, {threads} thread{'s' if threads > 1 else ''}",
+              flush=True)  # fmt: skip
     if keep_freed_memory and not torch.cuda.is_available():
         if not tune_glibc_malloc():
             logger.info("keep_freed_memory: not applied (no glibc, or a preloaded allocator)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -223,3 +224,17 @@ def test_prepare_megatron_import_defers_torch_compile_to_first_call() -> None:
         "dynamo imported at first call: True",
         "module compiled at once: OptimizedModule",
     ], out.stdout + out.stderr[-2000:]
+
+
+def test_openmp_dynamic_team_sizing_is_turned_off() -> None:
+    """OMP_DYNAMIC=true makes libgomp size each parallel region by the load average: a run turns it off."""
+    code = (
+        "import torch\n"
+        "from nemo_rpo.distributed.cpu_support import _torch_libgomp, fix_openmp_team_size\n"
+        "lib = _torch_libgomp()\n"
+        "print(lib.omp_get_dynamic(), fix_openmp_team_size(), lib.omp_get_dynamic(), fix_openmp_team_size())\n"
+    )
+    env = {**os.environ, "OMP_DYNAMIC": "TRUE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "True", "0", "False"]
