@@ -58,7 +58,7 @@ def _curve(rm: list[float], judge: list[list[float]]) -> list[dict]:
 
 
 def _figure4(results: dict) -> dict:
-    (fig4,) = [f for f in findings(results) if f["name"] == "figure 4"]
+    (fig4,) = [f for f in findings(results) if f["name"] == "figure 4: online_rpo_bwd_learnt"]
     return fig4
 
 
@@ -69,7 +69,7 @@ def test_figure_4_needs_the_rm_to_rise_and_the_judge_to_fall_from_its_peak():
                                                    _curve([0.1, 1.1, 1.4], rises_then_falls)]}  # fmt: skip
     fig4 = _figure4(results)
     assert fig4["held"], fig4
-    ours = {k.split(" ", 1)[1]: v for k, v in fig4["ours"].items()}
+    ours = fig4["ours"]
     assert ours["judge peak step"] == 5 and abs(ours["judge peak"] - 0.4) < 1e-12
     assert abs(ours["judge last"] - 0.2) < 1e-12
     assert abs(ours["RM at judge peak"] - 1.05) < 1e-12 and abs(ours["RM last"] - 1.45) < 1e-12
@@ -87,7 +87,7 @@ def test_figure_4_fails_when_the_judge_ends_at_its_peak_the_fall_is_noise_or_the
     noisy_fall = [[0.3, 0.2, 0.4, 0.3], [0.4, 0.5, 0.4, 0.3], [0.9, 0.0, 0.6, 0.0]]
     results["curves"] = {"online_rpo_bwd_learnt": [_curve([0.0, 1.0, 1.5], noisy_fall)]}
     fig4 = _figure4(results)
-    assert fig4["ours"]["online_rpo_bwd_learnt judge last"] < fig4["ours"]["online_rpo_bwd_learnt judge peak"]
+    assert fig4["ours"]["judge last"] < fig4["ours"]["judge peak"]
     assert not fig4["held"], fig4
     falls = [[0.3, 0.2, 0.4, 0.3], [0.4, 0.5, 0.4, 0.3], [0.2, 0.3, 0.1, 0.2]]
     results["curves"] = {
