@@ -17,6 +17,14 @@ output layer: the training weights in place) and does the attention itself:
   so GQA needs no repeated keys;
 - prefill runs causal SDPA over the prompts, as the training forward does.
 
+Where every layer is the plain kind (torch norms, megatron's own linear layers, SwiGLU or an elementwise
+activation: :meth:`_LeanLayer.applies`) a one-token step runs as plain tensor operations
+(:meth:`CachedDecoder._lean_step`): no megatron module machinery per layer, residual adds fused into
+the products, and on the CPU the weights as contiguous ``[in, out]`` copies made once per call, which
+MKL multiplies faster at decode shapes than megatron's ``[out, in]`` layout. On SmolLM2-135M (one
+thread, 32 rows, position ~100) a step went from 178 to 126 ms; the per-op profile is in
+benchmarks/README.md (sampling). Anything else steps through the modules as before.
+
 Prefill can run once per distinct prompt and its cache be expanded to the K samples of that prompt
 (:meth:`CachedDecoder.prefill` with ``repeats``): the generation twin of ``model.share_prompt``.
 
@@ -33,7 +41,8 @@ from megatron.core import parallel_state
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 
-from nemo_rpo.models.rope import rotate
+from nemo_rpo.distributed import cpu_support
+from nemo_rpo.models.rope import _rotate_halves, rotate
 
 __all__ = ["CachedDecoder", "unsupported"]
 
@@ -106,6 +115,66 @@ def _add(
     return residual + x
 
 
+def _plain_linear(module: torch.nn.Module, kind: str) -> bool:
+    """megatron's own ``ColumnParallelLinear`` / ``RowParallelLinear`` (no LoRA or TE subclass), 2-D weight."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == kind and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+def _mlp_activation(mlp: torch.nn.Module) -> str | None:
+    """``"swiglu"`` or ``"plain"`` where :meth:`CachedDecoder.step` can compute the MLP's activation
+    itself with megatron's numbers; None otherwise (the module's own forward then runs)."""
+    c = mlp.config
+    if c.bias_activation_fusion or getattr(c, "use_te_activation_func", False):
+        return None
+    if getattr(c, "activation_func_clamp_value", None) is not None or getattr(c, "glu_linear_offset", 0.0):
+        return None
+    if c.gated_linear_unit:
+        return "swiglu" if mlp.activation_func is F.silu else None
+    return "plain"
+
+
+class _LeanLayer:
+    """One layer's weights as :meth:`CachedDecoder.step` reads them: ``[in, out]`` operands and biases.
+
+    On the CPU the four products' weights are transposed copies made once per :class:`CachedDecoder`
+    (``[in, out]``, contiguous): MKL's fp32 GEMM at the decode shapes (``[N, 576] x [576, 3072]`` with
+    N = 32 rows) runs 1.2-1.4x faster on a contiguous ``[in, out]`` operand than on the transposed view of
+    megatron's ``[out, in]`` weight (benchmarks/README.md, sampling). Same products, fp32 accumulation.
+    Elsewhere (GPU) the operands are views of the weights, no copy.
+    """
+
+    def __init__(self, layer: torch.nn.Module, copy: bool) -> None:
+        attn, mlp = layer.self_attention, layer.mlp
+
+        def operand(linear: torch.nn.Module) -> torch.Tensor:
+            w = linear.weight.detach().t()
+            return w.contiguous() if copy else w
+
+        self.input_norm, self.mlp_norm = layer.input_layernorm, layer.pre_mlp_layernorm
+        self.qkv, self.qkv_bias = operand(attn.linear_qkv), attn.linear_qkv.bias
+        self.proj, self.proj_bias = operand(attn.linear_proj), attn.linear_proj.bias
+        self.fc1, self.fc1_bias = operand(mlp.linear_fc1), mlp.linear_fc1.bias
+        self.fc2, self.fc2_bias = operand(mlp.linear_fc2), mlp.linear_fc2.bias
+        self.activation = _mlp_activation(mlp)
+        self.activation_func = mlp.activation_func
+        self.scale = attn.core_attention.softmax_scale
+
+    @staticmethod
+    def applies(layer: torch.nn.Module) -> bool:
+        attn, mlp = layer.self_attention, layer.mlp
+        norms = (torch.nn.RMSNorm, torch.nn.LayerNorm)
+        return (
+            isinstance(layer.input_layernorm, norms)
+            and isinstance(layer.pre_mlp_layernorm, norms)
+            and _plain_linear(attn.linear_qkv, "ColumnParallelLinear")
+            and _plain_linear(attn.linear_proj, "RowParallelLinear")
+            and _plain_linear(mlp.linear_fc1, "ColumnParallelLinear")
+            and _plain_linear(mlp.linear_fc2, "RowParallelLinear")
+            and _mlp_activation(mlp) is not None
+        )
+
+
 class CachedDecoder:
     """Prefill + one-token steps of a whole GPTModel (see the module docstring); ``torch.no_grad()`` use.
 
@@ -114,6 +183,8 @@ class CachedDecoder:
         rows: N, the batch after any prefill expansion.
         max_len: positions the cache holds.
     """
+
+    transpose_weights = True  # CPU: the layers' weights as contiguous [in, out] copies (see _LeanLayer)
 
     def __init__(self, chunk: torch.nn.Module, rows: int, max_len: int) -> None:
         self.model = model = _inner(chunk)
@@ -135,6 +206,30 @@ class CachedDecoder:
         self.output_weight = (
             model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
         )
+        # The one-token step's fast path (:meth:`_lean_step`): the layers' weights as [in, out] operands,
+        # RoPE's cos/sin at every position computed once, and a buffer for the rotated queries and key.
+        on_cpu = self.device.type == "cpu"
+        self.lean = None
+        if all(_LeanLayer.applies(layer) for layer in self.layers):
+            self.lean = [_LeanLayer(layer, copy=on_cpu and self.transpose_weights) for layer in self.layers]
+            rot = freqs.shape[-1]
+            # rotate()'s tables, (cos(freqs) * 1.0).to(dtype), for all positions at once: [max_len, rot]
+            self.cos = torch.cos(freqs).to(self.dtype).reshape(max_len, rot)
+            self.sin = torch.sin(freqs).to(self.dtype).reshape(max_len, rot)
+            per_group = self.heads // self.groups
+            self.rotated = torch.empty(rows, self.groups, per_group + 1, self.head_dim, dtype=self.dtype,
+                                       device=self.device)  # fmt: skip
+        head = self.output_weight if self.output_weight is not None else model.output_layer.weight
+        self.head = None  # [h, V] operand of the LM head where the step computes it itself
+        out = model.output_layer
+        if (
+            type(out).__name__ == "ColumnParallelLinear"
+            and getattr(out, "bias", None) is None
+            and not out._forward_pre_hooks
+            and not out._forward_hooks_with_kwargs
+        ):
+            self.head = head.detach().t()
+            self.head_product = cpu_support._product if on_cpu else torch.matmul
 
     def _split_qkv(self, hidden: torch.Tensor, attn: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         """``[s, b, h]`` -> q ``[s, b, heads, d]``, k and v ``[s, b, groups, d]`` (megatron's QKV layout)."""
@@ -150,6 +245,12 @@ class CachedDecoder:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary float logits ``[b, V]`` of the last position of ``hidden`` ``[s, b, h]``."""
         x = self.model.decoder.final_layernorm(hidden[-1:])
+        if self.head is not None:  # the output layer's product without megatron's module machinery
+            logits = self.head_product(x[0], self.head)
+            for hook in self.model.output_layer._forward_hooks.values():  # e.g. the padding mask
+                result = hook(self.model.output_layer, (x[0],), (logits, None))
+                logits = logits if result is None else result[0]
+            return logits.float()
         logits, _ = self.model.output_layer(x, weight=self.output_weight)
         return logits[0].float()
 
@@ -195,6 +296,10 @@ class CachedDecoder:
         ids = input_ids.to(self.device).view(self.rows, 1)
         positions = torch.full_like(ids, pos)
         hidden = self.model.embedding(input_ids=ids, position_ids=positions)  # [1, N, h]
+        if self.lean is not None:
+            hidden = self._lean_step(hidden[0], pos)[None]
+            self.length = pos + 1
+            return self._logits(hidden)
         freqs = self.freqs[pos : pos + 1]
         per_group = self.heads // self.groups
         for layer, keys, values in zip(self.layers, self.keys, self.values):
@@ -211,3 +316,55 @@ class CachedDecoder:
             hidden = _add(layer.mlp(layer.pre_mlp_layernorm(hidden)), hidden)
         self.length = pos + 1
         return self._logits(hidden)
+
+    def _lean_step(self, hidden: torch.Tensor, pos: int) -> torch.Tensor:
+        """:meth:`step`'s layers as plain tensor operations on ``hidden`` ``[N, h]`` (every layer
+        :meth:`_LeanLayer.applies`): the same operations as the modules' forwards (norm modules, fused
+        QKV, RoPE by :func:`~nemo_rpo.models.rope._rotate_halves`, SDPA, output projection, MLP,
+        residual adds), without megatron's per-module Python (tensor-parallel region functions, autograd
+        Functions, bias/dropout/add closures), each residual add fused into its product (``addmm``),
+        the queries and the new key rotated in one pass, the key and value written into the cache in
+        place."""
+        n, groups, d = self.rows, self.groups, self.head_dim
+        per_group = self.heads // groups
+        cos, sin = self.cos[pos], self.sin[pos]
+        rot = cos.shape[-1]
+        qk = self.rotated  # [N, groups, per_group + 1, d]: the group's query heads, then its key
+        for lean, keys, values in zip(self.lean, self.keys, self.values):
+            x = lean.input_norm(hidden)
+            if lean.qkv_bias is None:
+                mixed = torch.mm(x, lean.qkv)
+            else:
+                mixed = torch.addmm(lean.qkv_bias, x, lean.qkv)
+            mixed = mixed.view(n, groups, per_group + 2, d)
+            _rotate_halves(mixed[:, :, : per_group + 1], cos, sin, 1.0, qk)
+            if rot < d:
+                qk[..., rot:] = mixed[:, :, : per_group + 1, rot:]
+            keys[:, :, pos] = qk[:, :, per_group]
+            values[:, :, pos] = mixed[:, :, per_group + 1]
+            # The group's query heads are the query "sequence" of its keys: no repeated keys for GQA.
+            context = F.scaled_dot_product_attention(qk[:, :, :per_group], keys[:, :, : pos + 1],
+                                                     values[:, :, : pos + 1], scale=lean.scale)  # fmt: skip
+            context = context.reshape(n, self.heads * d)
+            hidden = _residual_product(hidden, context, lean.proj, lean.proj_bias)
+            x = lean.mlp_norm(hidden)
+            if lean.fc1_bias is None:
+                x = torch.mm(x, lean.fc1)
+            else:
+                x = torch.addmm(lean.fc1_bias, x, lean.fc1)
+            if lean.activation == "swiglu":
+                gate, up = torch.chunk(x, 2, dim=-1)
+                x = F.silu(gate).mul_(up)
+            else:
+                x = lean.activation_func(x)
+            hidden = _residual_product(hidden, x, lean.fc2, lean.fc2_bias)
+        return hidden
+
+
+def _residual_product(
+    residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``residual + (x @ weight + bias)``: megatron's linear layer and bias-dropout-add in eval mode."""
+    if bias is None:
+        return torch.addmm(residual, x, weight)
+    return residual + torch.addmm(bias, x, weight)
