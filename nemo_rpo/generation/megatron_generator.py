@@ -148,6 +148,7 @@ def generate(
     else:
         runner = _StageRunner(chunk, rows, total, cfg.use_kv_cache, repeats)
     end = int(lengths.min())
+    workspace: dict = {}  # select_tokens' [N, V] buffers, reused by every step
     try:
         with torch.no_grad():
             for pos in range(int(lengths.min()), total):
@@ -155,7 +156,8 @@ def generate(
                 uniforms = draw_uniforms(generator, rows, cfg) if generator is not None else None
                 step_tokens, step_logps = (None, None)
                 if logits is not None:
-                    step_tokens, step_logps = select_tokens(logits, uniforms, cfg, vocab_size=vocab_size)
+                    step_tokens, step_logps = select_tokens(logits, uniforms, cfg, vocab_size=vocab_size,
+                                                           workspace=workspace)  # fmt: skip
                 step_tokens = _from_last_stage(step_tokens, (rows,), torch.long, runner.device)
                 write = (pos >= lengths) & ~finished & (pos < stops)
                 tokens[write, pos] = step_tokens[write]
