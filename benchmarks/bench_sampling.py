@@ -22,11 +22,13 @@ Rows:
 Usage:
   python benchmarks/bench_sampling.py --rounds 5 --json benchmarks/results/<name>.json
   python benchmarks/bench_sampling.py --profile megatron     # torch.profiler table of one megatron call
+  python benchmarks/bench_sampling.py --gemm                 # fp32 GEMM rates at the decode shapes
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -168,12 +170,85 @@ def serve(row: str, model_dir: Path) -> None:
 
 
 def profile_row(row: str, model_dir: Path) -> None:
+    """torch.profiler over one 8 x 4 x 128 call (shapes recorded): the top ops by self CPU time and the
+    time per decoding step by phase (layer products, LM head, attention, sampling, everything else)."""
     from torch.profiler import ProfilerActivity, profile
 
     sample, ids = load_row(row, model_dir)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        print(timed(row, sample, ids, 0))
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        print(timed(row, sample, ids, 0), flush=True)
+    events = prof.key_averages(group_by_input_shape=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=45,
+                       max_shapes_column_width=70))  # fmt: skip
+    steps = NEW_TOKENS + max(len(p) for p in ids) - min(len(p) for p in ids)
+    phases: dict[str, float] = {}
+    for e in events:
+        phases[_phase(e.key, str(e.input_shapes))] = (
+            phases.get(_phase(e.key, str(e.input_shapes)), 0.0) + e.self_cpu_time_total
+        )
+    total = sum(phases.values())
+    print(f"self CPU time by phase, per decoding step ({steps} steps; the one prefill is spread over them):")
+    for name, us in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<58} {us / 1e3 / steps:8.2f} ms  {100 * us / total:5.1f}%")
+    print(f"  {'total':<58} {total / 1e3 / steps:8.2f} ms")
+
+
+def _phase(op: str, shapes: str) -> str:
+    """The decoding phase of one profiled op (by name and input shapes; SmolLM2's vocabulary is 49,152)."""
+    vocab = "49152" in shapes
+    if op in ("aten::mm", "aten::addmm", "aten::matmul", "mkldnn::_linear_pointwise", "aten::linear"):
+        return "LM head product" if vocab else "layer products (QKV, output projection, fc1, fc2)"
+    if "scaled_dot_product" in op or op in ("aten::bmm", "aten::baddbmm"):
+        return "attention (SDPA over the KV cache)"
+    if vocab or op in ("aten::rand", "aten::searchsorted", "aten::uniform_"):
+        return "sampling (log-softmax, softmax, float64 CDF, search, gather)"
+    if op in ("aten::copy_", "aten::index_put_", "aten::repeat_interleave", "aten::cat", "aten::index"):
+        return "copies (KV-cache writes, layout, token bookkeeping)"
+    return "other ops (norms, RoPE, SiLU, adds, views) and dispatch"
+
+
+GEMM_SHAPES = {"QKV": (576, 960), "output projection": (576, 576), "fc1 (gate+up)": (576, 3072),
+               "fc2": (1536, 576), "LM head": (576, 49152)}  # fmt: skip
+
+
+def gemm_bounds(threads: int, rows: int = len(PROMPTS) * K) -> None:
+    """fp32 GEMM throughput of this CPU at the decode shapes ``[rows, in] x [in, out]``: megatron's
+    ``[out, in]`` weight as a transposed view (what ``F.linear`` / MKL NT multiply), a contiguous
+    ``[in, out]`` copy (the lean step's operand), oneDNN's linear; weights of 30 layers streamed as a
+    decoding step does (so they come from memory, not cache); and a 1024^3 product as the peak."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def best(fn, reps: int) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - start) / reps)
+        return min(times)
+
+    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}), {threads} threads, load {load_average()}")
+    for name, (k, n) in GEMM_SHAPES.items():
+        layers = 1 if name == "LM head" else 30
+        ws = [torch.randn(n, k) for _ in range(layers)]
+        wts = [w.t().contiguous() for w in ws]
+        x = torch.randn(rows, k)
+        flops = 2 * rows * k * n * layers
+        reps = max(2, int(2e9 / flops))
+        kinds = {
+            "[out,in] view (NT)": lambda x, ws, wts: [torch.matmul(x, w.t()) for w in ws],
+            "[in,out] copy (NN)": lambda x, ws, wts: [torch.mm(x, w) for w in wts],
+            "oneDNN linear": lambda x, ws, wts: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                                                 for w in ws],
+        }  # fmt: skip
+        rates = {kind: flops / best(functools.partial(fn, x, ws, wts), reps) for kind, fn in kinds.items()}
+        print(f"  {name:<18} [{rows} x {k}] x [{k} x {n}] x {layers:>2}: "
+              + ", ".join(f"{kind} {r / 1e9:6.1f}" for kind, r in rates.items()) + " GFLOP/s")  # fmt: skip
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    print(f"  peak: 1024^3 product {2 * 1024**3 / best(lambda: torch.mm(a, b), 10) / 1e9:.1f} GFLOP/s")
 
 
 class Worker:
@@ -239,10 +314,15 @@ def main() -> None:
     parser.add_argument("--json", help="write the rounds and summary here")
     parser.add_argument("--profile", choices=["megatron", "megatron-per-sample", "megatron-inference", "hf"],
                         help="print a torch.profiler table of one call of this row and exit")  # fmt: skip
+    parser.add_argument("--gemm", action="store_true",
+                        help="print this CPU's fp32 GEMM rates at the decode shapes and exit")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    if args.gemm:
+        gemm_bounds(args.threads)
+        return
     if args.worker or args.profile:
         import torch
 
