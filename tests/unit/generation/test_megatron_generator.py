@@ -200,3 +200,28 @@ def test_cached_decoder_matches_megatron_inference(policy) -> None:  # noqa: ANN
     fast, megatron = sample(True), sample(False)
     assert torch.equal(fast.tokens, megatron.tokens)
     torch.testing.assert_close(fast.logps, megatron.logps, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("transpose_weights", [True, False], ids=["weight-copies", "weight-views"])
+def test_lean_step_matches_the_module_step(policy, transpose_weights: bool) -> None:  # noqa: ANN001
+    """The lean one-token step (plain tensor ops, [in, out] weight copies on the CPU) == the step through
+    megatron's modules: logits and every layer's cached keys/values within 1e-5; the weights untouched."""
+    from nemo_rpo.generation.cached_decoder import CachedDecoder
+
+    prompts = torch.tensor([p[:3] for p in PROMPTS])
+    policy.eval()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CachedDecoder, "transpose_weights", transpose_weights)
+        lean, modules = CachedDecoder(policy, 6, 12), CachedDecoder(policy, 6, 12)
+        modules.lean = modules.head = None  # every layer and the output layer through their modules
+        assert lean.lean is not None and lean.head is not None  # the tests above run the lean step
+        torch.testing.assert_close(lean.prefill(prompts, 2), modules.prefill(prompts, 2), atol=ATOL, rtol=0)
+        for t in range(4):
+            ids = torch.arange(6) * 7 + t
+            torch.testing.assert_close(lean.step(ids), modules.step(ids), atol=ATOL, rtol=0)
+        n = lean.length
+        for a, b in zip(lean.keys + lean.values, modules.keys + modules.values, strict=True):
+            torch.testing.assert_close(a[:, :, :n], b[:, :, :n], atol=ATOL, rtol=0)
+    for name, p in policy.named_parameters():
+        assert torch.equal(p, before[name]), name
