@@ -9,7 +9,9 @@ alternate their order from round to round, and each round is one paired comparis
 * ``rpo_whole_logits`` (``--whole-logits``): the same with ``model.logps_chunk_size=0`` (the output
   layer's whole ``[tokens, V]`` logits, then the NLL), what the chunking saves;
 * ``rpo_bf16`` (``--bf16``): ``model.precision=bf16`` (fp32 master weights), on CPUs with bf16 matmuls;
-* ``trl``: Hugging Face TRL's ``DPOTrainer`` with precomputed reference log-probs (``trl_dpo.py``).
+* ``trl``: Hugging Face TRL's ``DPOTrainer`` with precomputed reference log-probs (``trl_dpo.py``);
+* ``trl_bf16`` (``--bf16`` with TRL): the same with ``bf16=True`` (transformers' mixed precision:
+  fp32 weights, bf16 autocast), the peer of ``rpo_bf16``: each ratio compares one number format.
 
 Shape ``smollm2`` (default): SmolLM2-135M's (hidden 576, 30 layers, 9 heads / 3 KV heads, ffn 1536,
 vocab 49,152, tied embeddings), random weights; 8 pairs x 256 tokens (64 prompt + 192 response) per
@@ -46,7 +48,10 @@ ROW_NAMES = {
     "rpo_whole_logits": "nemo-rpo, whole logits (model.logps_chunk_size=0)",
     "rpo_bf16": "nemo-rpo, model.precision=bf16 (fp32 master weights)",
     "trl": "TRL DPOTrainer, precomputed reference",
+    "trl_bf16": "TRL DPOTrainer, bf16=True (bf16 autocast, fp32 weights)",
 }
+# Each nemo-rpo row against the TRL row of its number format, when that row ran; else against "rpo".
+PEERS = {"rpo": "trl", "rpo_whole_logits": "trl", "rpo_bf16": "trl_bf16"}
 
 
 def cpu_description() -> dict:
@@ -134,8 +139,8 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
     common = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--prompts", str(args.prompts),
               "--threads", str(args.threads), "--seed", str(args.seed), "--shape", args.shape,
               *(["--default-malloc"] if args.default_malloc else [])]  # fmt: skip
-    if row == "trl":
-        cmd = [args.trl_python, str(HERE / "trl_dpo.py"), *common]
+    if row.startswith("trl"):
+        cmd = [args.trl_python, str(HERE / "trl_dpo.py"), *common, *(["--bf16"] if row == "trl_bf16" else [])]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", row, *common,
                "--micro-batch-size", str(args.micro_batch_size)]  # fmt: skip
@@ -160,11 +165,12 @@ def summarize(rounds: list[dict[str, dict]], rows: list[str], tokens_per_step: i
                       "s_per_step": statistics.median(steps), "tokens_per_s": tokens_per_step / statistics.median(steps),
                       "peak_rss_mb": statistics.median(rss)}  # fmt: skip
     ratios = {}
-    peer = "trl" if "trl" in rows else None
-    for row in rows:
-        if row == peer:
-            continue
-        other = peer or "rpo"
+    pairs = [
+        (row, PEERS[row] if PEERS.get(row) in rows else "rpo") for row in rows if not row.startswith("trl")
+    ]
+    if "rpo_bf16" in rows and "trl_bf16" in rows:
+        pairs.append(("rpo_bf16", "rpo"))  # bf16 against fp32, same run
+    for row, other in pairs:
         if row == other:
             continue
         speed = [r[other]["s_per_step"] / r[row]["s_per_step"] for r in rounds]
@@ -180,7 +186,9 @@ def summarize(rounds: list[dict[str, dict]], rows: list[str], tokens_per_step: i
 
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=[r for r in ROW_NAMES if r != "trl"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=[r for r in ROW_NAMES if not r.startswith("trl")], help=argparse.SUPPRESS
+    )
     parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per row per round")
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--default-malloc", action="store_true", help="glibc as it comes on every row")
     parser.add_argument("--whole-logits", action="store_true", help="add the rpo_whole_logits row")
-    parser.add_argument("--bf16", action="store_true", help="add the rpo_bf16 row")
+    parser.add_argument("--bf16", action="store_true", help="add the rpo_bf16 row (and trl_bf16 with TRL)")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL row")
     parser.add_argument("--trl-python", default=sys.executable, help="interpreter with trl installed")
     parser.add_argument("--json", default=None, metavar="OUT")
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     rows = ["rpo", *(["rpo_whole_logits"] if args.whole_logits else []), *(["rpo_bf16"] if args.bf16 else []),
-            *([] if args.no_trl else ["trl"])]  # fmt: skip
+            *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
     tokens_per_step = args.prompts * PAIRS_K * (PROMPT_LEN + RESPONSE_LEN)
     cpu = cpu_description()
     load_start = os.getloadavg()

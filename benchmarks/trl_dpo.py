@@ -73,7 +73,13 @@ def _dataset(num_rows: int, vocab_size: int, seed: int):
 
 
 def run(
-    warmup: int, steps: int, prompts: int = 8, threads: int = 2, seed: int = 1234, shape: str = "anchor"
+    warmup: int,
+    steps: int,
+    prompts: int = 8,
+    threads: int = 2,
+    seed: int = 1234,
+    shape: str = "anchor",
+    bf16: bool = False,
 ) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -128,7 +134,7 @@ def run(
             report_to="none",
             use_cpu=True,
             dataloader_num_workers=0,
-            bf16=False,
+            bf16=bf16,  # transformers' mixed precision: fp32 weights, bf16 autocast on CPU
             fp16=False,
             seed=seed,
             disable_tqdm=True,
@@ -150,7 +156,7 @@ def run(
     import trl
 
     return {"samples": samples, "sequence_lengths": lengths, "trl": trl.__version__,
-            "transformers": transformers.__version__, "peak_rss_mb": peak_rss_mb(), "shape": shape}  # fmt: skip
+            "transformers": transformers.__version__, "peak_rss_mb": peak_rss_mb(), "shape": shape, "bf16": bf16}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="anchor")
     parser.add_argument("--default-malloc", action="store_true", help="as bench_step.py: leave glibc untuned")
+    parser.add_argument("--bf16", action="store_true", help="DPOConfig(bf16=True): autocast to bf16 on CPU")
     args = parser.parse_args(argv)
     if not args.default_malloc:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tune_glibc_malloc()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run(args.warmup, args.steps, args.prompts, args.threads, args.seed, args.shape)
+    result = run(args.warmup, args.steps, args.prompts, args.threads, args.seed, args.shape, args.bf16)
     print(json.dumps(result))
 
 
