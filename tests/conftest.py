@@ -39,3 +39,15 @@ def nan_reference_at(monkeypatch) -> Callable[..., None]:
         monkeypatch.setattr(offline, "train_step", train_step)
 
     return install
+
+
+@pytest.fixture
+def one_process(monkeypatch):
+    """A test that builds megatron models in this process: no launcher rank variables in the way, and the
+    process's distributed state torn down afterwards."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    yield
+    from nemo_rpo.distributed.launch import teardown_distributed
+
+    teardown_distributed()

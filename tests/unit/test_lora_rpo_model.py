@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from test_rpo_model_api import _examples, _model, one_process  # noqa: F401 - the fixture
+from test_rpo_model_api import _examples, _model
 
 from nemo_rpo.config.schema import LoraConfig, ModelConfig
 from nemo_rpo.models.lora import adapters_disabled, is_adapter_key
@@ -20,7 +20,7 @@ def _lora_model(seed: int = 0):
     return plain, lora
 
 
-def test_lora_rpo_model_trains_adapters_and_round_trips(tmp_path, one_process) -> None:  # noqa: F811
+def test_lora_rpo_model_trains_adapters_and_round_trips(tmp_path, one_process) -> None:
     plain, model = _lora_model()
     examples = _examples(model)
     base = plain.reference_logps(examples)

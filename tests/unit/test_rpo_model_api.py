@@ -13,16 +13,6 @@ from nemo_rpo.data.records import read_preference_records
 from nemo_rpo.data.synthetic import default_train_path
 
 
-@pytest.fixture
-def one_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    from nemo_rpo.distributed.launch import teardown_distributed
-
-    teardown_distributed()
-
-
 def _model(seed: int = 0, **kw):
     from nemo_rpo import RPOModel
 

@@ -81,16 +81,6 @@ def _logged(cfg: RPOConfig) -> list[dict]:
     return [json.loads(line) for line in (Path(cfg.exp_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture
-def one_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    from nemo_rpo.distributed.launch import teardown_distributed
-
-    teardown_distributed()
-
-
 def test_logs_counts_skips_saves_and_resumes(tmp_path, capsys, one_process):
     """Every 2nd step logged (skipped count and the algorithm's extras in each line), a checkpoint where
     the algorithm asks (step 3, with its state) and at the end; a rerun resumes at the latest checkpoint."""
