@@ -186,13 +186,15 @@ def _targets(results: dict) -> list[dict]:
         steps, judge = _mean_curve(runs, "valid_reward")
         _, rm = _mean_curve(runs, "valid_learnt_reward")
         peak = judge.index(max(judge))  # the first checkpoint at the mean judge curve's maximum
-        fall = mean_ci(_paired(runs, steps[peak], steps[-1]))
+        paired = _paired(runs, steps[peak], steps[-1])
+        # Runs evaluated before the curves kept per-prompt rewards: no paired interval, so not held.
+        fall = mean_ci(paired) if paired else {"mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
         ours = {"RM first": rm[0], "RM at judge peak": rm[peak], "RM last": rm[-1], "judge peak step": steps[peak],
                 "judge peak": judge[peak], "judge last": judge[-1], "judge last-peak lo": fall["lo"],
                 "judge last-peak hi": fall["hi"]}  # fmt: skip
         out.append({"name": f"figure 4: {name}", "paper": f"{name}: the learnt RM's reward keeps rising while the "
                     "judge's falls from its peak (valid, mean over seeds; the fall's 95% interval is paired over "
-                    "prompts x seeds)", "ours": ours, "held": rm[-1] > rm[peak] > rm[0] and fall["hi"] < 0})  # fmt: skip
+                    "prompts x seeds)", "ours": ours, "held": bool(rm[-1] > rm[peak] > rm[0] and fall["hi"] < 0)})  # fmt: skip
     return out
 
 
@@ -209,7 +211,9 @@ def _paired(curves: list[list[dict]], first: int, last: int) -> list[float]:
     """Per valid prompt and seed: the judge's reward at step ``last`` minus that at step ``first``."""
     out = []
     for curve in curves:
-        at = {p["step"]: p["valid_rewards"] for p in curve}
+        at = {p["step"]: p.get("valid_rewards") for p in curve}
+        if at[first] is None or at[last] is None:
+            return []
         out += [b - a for a, b in zip(at[first], at[last], strict=True)]
     return out
 

@@ -94,3 +94,8 @@ def test_figure_4_fails_when_the_judge_ends_at_its_peak_the_fall_is_noise_or_the
         "online_rpo_bwd_learnt": [_curve([0.0, 1.0, 0.9], falls)]
     }  # the RM falls after the peak
     assert not _figure4(results)["held"]
+    older = [
+        {k: v for k, v in point.items() if k != "valid_rewards"} for point in _curve([0.0, 1.0, 1.5], falls)
+    ]
+    results["curves"] = {"online_rpo_bwd_learnt": [older]}  # evaluated before per-prompt rewards were kept
+    assert not _figure4(results)["held"]
