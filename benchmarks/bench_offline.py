@@ -9,6 +9,8 @@ alternate their order from round to round, and each round is one paired comparis
 * ``rpo_whole_logits`` (``--whole-logits``): the same with ``model.logps_chunk_size=0`` (the output
   layer's whole ``[tokens, V]`` logits, then the NLL), what the chunking saves;
 * ``rpo_bf16`` (``--bf16``): ``model.precision=bf16`` (fp32 master weights), on CPUs with bf16 matmuls;
+* ``rpo_recompute`` (``--recompute``): ``model.recompute_granularity=full`` (each layer's activations
+  recomputed in the backward instead of kept: about one more forward per step for less peak memory);
 * ``trl``: Hugging Face TRL's ``DPOTrainer`` with precomputed reference log-probs (``trl_dpo.py``);
 * ``trl_bf16`` (``--bf16`` with TRL): the same with ``bf16=True`` (transformers' mixed precision:
   fp32 weights, bf16 autocast), the peer of ``rpo_bf16``: each ratio compares one number format.
@@ -47,11 +49,12 @@ ROW_NAMES = {
     "rpo": "nemo-rpo offline step (chunked LM head, default)",
     "rpo_whole_logits": "nemo-rpo, whole logits (model.logps_chunk_size=0)",
     "rpo_bf16": "nemo-rpo, model.precision=bf16 (fp32 master weights)",
+    "rpo_recompute": "nemo-rpo, model.recompute_granularity=full",
     "trl": "TRL DPOTrainer, precomputed reference",
     "trl_bf16": "TRL DPOTrainer, bf16=True (bf16 autocast, fp32 weights)",
 }
 # Each nemo-rpo row against the TRL row of its number format, when that row ran; else against "rpo".
-PEERS = {"rpo": "trl", "rpo_whole_logits": "trl", "rpo_bf16": "trl_bf16"}
+PEERS = {"rpo": "trl", "rpo_whole_logits": "trl", "rpo_bf16": "trl_bf16", "rpo_recompute": "trl"}
 
 
 def cpu_description() -> dict:
@@ -100,6 +103,7 @@ def rpo_worker(args: argparse.Namespace) -> dict:
         precision="bf16" if args.worker == "rpo_bf16" else "fp32",
         transformer_impl="local",
         **({"logps_chunk_size": 0} if args.worker == "rpo_whole_logits" else {}),
+        **({"recompute_granularity": "full"} if args.worker == "rpo_recompute" else {}),
     )
     trainer = TrainerConfig(max_steps=10_000, global_batch_size=args.prompts, micro_batch_size=args.micro_batch_size,
                             num_threads=args.threads, keep_freed_memory=not args.default_malloc)  # fmt: skip
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--default-malloc", action="store_true", help="glibc as it comes on every row")
     parser.add_argument("--whole-logits", action="store_true", help="add the rpo_whole_logits row")
     parser.add_argument("--bf16", action="store_true", help="add the rpo_bf16 row (and trl_bf16 with TRL)")
+    parser.add_argument("--recompute", action="store_true", help="add the rpo_recompute row")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL row")
     parser.add_argument("--trl-python", default=sys.executable, help="interpreter with trl installed")
     parser.add_argument("--json", default=None, metavar="OUT")
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     rows = ["rpo", *(["rpo_whole_logits"] if args.whole_logits else []), *(["rpo_bf16"] if args.bf16 else []),
-            *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
+            *(["rpo_recompute"] if args.recompute else []), *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
     tokens_per_step = args.prompts * PAIRS_K * (PROMPT_LEN + RESPONSE_LEN)
     cpu = cpu_description()
     load_start = os.getloadavg()

@@ -18,9 +18,14 @@ Rows:
                 issue 20; ``--megatron-inference``).
   hf            ``LlamaForCausalLM.generate(do_sample=True, top_k=0, top_p=1)`` with the prompts repeated
                 K times (``num_return_sequences``), left-padded, eos_token_id None.
+  megatron-bf16, hf-bf16
+                (``--bf16``) the same two in bf16: the policy built with ``model.precision=bf16`` (what
+                online training with that setting samples with), ``generate`` on the model loaded with
+                ``dtype=torch.bfloat16``. Each megatron row is compared with the hf row of its number format.
 
 Usage:
   python benchmarks/bench_sampling.py --rounds 5 --json benchmarks/results/<name>.json
+  python benchmarks/bench_sampling.py --rounds 5 --bf16     # adds the bf16 pair of rows
   python benchmarks/bench_sampling.py --profile megatron     # torch.profiler table of one megatron call
   python benchmarks/bench_sampling.py --gemm                 # fp32 GEMM rates at the decode shapes
 """
@@ -91,7 +96,7 @@ def prompt_ids(model_dir: Path) -> tuple[list[list[int]], int]:
     return ids, tok.eos_token_id
 
 
-def build_megatron(model_dir: Path):  # noqa: ANN201 - a megatron GPTModel
+def build_megatron(model_dir: Path, precision: str = "fp32"):  # noqa: ANN201 - a megatron GPTModel
     from nemo_rpo.config.schema import ModelConfig, ParallelConfig
     from nemo_rpo.distributed.launch import init_distributed
     from nemo_rpo.models.gpt import build_gpt_model
@@ -99,7 +104,10 @@ def build_megatron(model_dir: Path):  # noqa: ANN201 - a megatron GPTModel
     from nemo_rpo.models.hf_mapping import model_fields_from_hf
 
     cfg = ModelConfig(
-        **model_fields_from_hf(read_hf_config(model_dir)), max_seq_len=512, transformer_impl="local"
+        **model_fields_from_hf(read_hf_config(model_dir)),
+        max_seq_len=512,
+        transformer_impl="local",
+        precision=precision,
     )
     init_distributed(ParallelConfig(), seed=0)
     model = build_gpt_model(cfg, ParallelConfig(), cfg.vocab_size).eval()
@@ -116,7 +124,7 @@ def load_row(row: str, model_dir: Path):  # noqa: ANN201
         from nemo_rpo.config.schema import GenerationConfig
         from nemo_rpo.generation import generate, sampling_generator
 
-        model, vocab = build_megatron(model_dir)
+        model, vocab = build_megatron(model_dir, "bf16" if row.endswith("-bf16") else "fp32")
         shared = row != "megatron-per-sample"
         cached_decoder = row != "megatron-inference"
 
@@ -130,7 +138,8 @@ def load_row(row: str, model_dir: Path):  # noqa: ANN201
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        dtype = torch.bfloat16 if row.endswith("-bf16") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
         model.generation_config.eos_token_id = None
         pad = 0
 
@@ -311,6 +320,8 @@ def main() -> None:
     parser.add_argument("--per-sample", action="store_true", help="add the megatron-per-sample row")
     parser.add_argument("--megatron-inference", action="store_true", help="add the megatron-inference row")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers row")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add megatron-bf16 (model.precision=bf16) and hf-bf16 (dtype=bfloat16) rows")  # fmt: skip
     parser.add_argument("--json", help="write the rounds and summary here")
     parser.add_argument("--profile", choices=["megatron", "megatron-per-sample", "megatron-inference", "hf"],
                         help="print a torch.profiler table of one call of this row and exit")  # fmt: skip
@@ -334,6 +345,7 @@ def main() -> None:
     model_dir = prepare(Path(args.work))
     rows = ["megatron"] + (["megatron-per-sample"] if args.per_sample else [])
     rows += (["megatron-inference"] if args.megatron_inference else []) + ([] if args.no_hf else ["hf"])
+    rows += (["megatron-bf16"] + ([] if args.no_hf else ["hf-bf16"])) if args.bf16 else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}), {os.cpu_count()} CPUs, {args.threads} threads; "
           f"{model_dir}")  # fmt: skip
@@ -352,15 +364,23 @@ def main() -> None:
             results[row] = res
             print(f"round {r + 1} {row:>20}: {res['seconds']:7.2f} s (CPU {res['cpu_seconds']:.1f} s)  {res['tokens_per_s']:7.1f} tokens/s  "
                   f"peak RSS {res['peak_rss_mb']:7.0f} MB  load {load}", flush=True)  # fmt: skip
-        if "hf" in results:
-            ratio = results["megatron"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-            print(f"round {r + 1} megatron / hf tokens/s: {ratio:.3f}", flush=True)
+        for row in rows:
+            peer = _peer(row, rows)
+            if peer and row.startswith("megatron") and peer in results:
+                ratio = results[row]["tokens_per_s"] / results[peer]["tokens_per_s"]
+                print(f"round {r + 1} {row} / {peer} tokens/s: {ratio:.3f}", flush=True)
         rounds.append(results)
         summarize(rounds, rows, args, loaded, final=False)
     for worker in workers.values():
         worker.close()
 
     summarize(rounds, rows, args, loaded, final=True)
+
+
+def _peer(row: str, rows: list[str]) -> str | None:
+    """The transformers row a row is compared with: the one of its number format, when it ran."""
+    peer = "hf-bf16" if row.endswith("-bf16") else "hf"
+    return peer if peer in rows and peer != row and not row.startswith("hf") else None
 
 
 def summarize(
@@ -376,12 +396,13 @@ def summarize(
         }
     ratios = {}
     for row in rows:
-        if row == "hf" or "hf" not in rows:
+        peer = _peer(row, rows)
+        if peer is None:
             continue
-        speed = [rd[row]["tokens_per_s"] / rd["hf"]["tokens_per_s"] for rd in rounds]
-        mem = [rd[row]["peak_rss_mb"] / rd["hf"]["peak_rss_mb"] for rd in rounds]
-        ratios[row] = {"per_round_speed_vs_hf": speed, "median_speed_vs_hf": statistics.median(speed),
-                       "ratio_of_medians": summary[row]["median_tokens_per_s"] / summary["hf"]["median_tokens_per_s"],
+        speed = [rd[row]["tokens_per_s"] / rd[peer]["tokens_per_s"] for rd in rounds]
+        mem = [rd[row]["peak_rss_mb"] / rd[peer]["peak_rss_mb"] for rd in rounds]
+        ratios[row] = {"peer": peer, "per_round_speed_vs_hf": speed, "median_speed_vs_hf": statistics.median(speed),
+                       "ratio_of_medians": summary[row]["median_tokens_per_s"] / summary[peer]["median_tokens_per_s"],
                        "per_round_peak_rss_vs_hf": mem}  # fmt: skip
     if final:
         print("\nrow                   median s   median tokens/s   max peak RSS MB")
@@ -390,7 +411,7 @@ def summarize(
                 f"{row:<20} {s['median_seconds']:9.2f} {s['median_tokens_per_s']:17.1f} {s['max_peak_rss_mb']:17.0f}"
             )
         for row, r in ratios.items():
-            print(f"{row} / hf speed: per round {', '.join(f'{x:.2f}' for x in r['per_round_speed_vs_hf'])}; "
+            print(f"{row} / {r['peer']} speed: per round {', '.join(f'{x:.2f}' for x in r['per_round_speed_vs_hf'])}; "
                   f"median {r['median_speed_vs_hf']:.3f}; ratio of medians {r['ratio_of_medians']:.3f}; "
                   f"peak RSS ratio median {statistics.median(r['per_round_peak_rss_vs_hf']):.2f}")  # fmt: skip
     if args.json:

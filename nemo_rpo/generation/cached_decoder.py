@@ -20,8 +20,9 @@ output layer: the training weights in place) and does the attention itself:
 Where every layer is the plain kind (torch norms, megatron's own linear layers, SwiGLU or an elementwise
 activation: :meth:`_LeanLayer.applies`) a one-token step runs as plain tensor operations
 (:meth:`CachedDecoder._lean_step`): no megatron module machinery per layer, residual adds fused into
-the products, and on the CPU the weights as contiguous ``[in, out]`` copies made once per call, which
-MKL multiplies faster at decode shapes than megatron's ``[out, in]`` layout. On SmolLM2-135M (one
+the products, and on the CPU the weights as copies made once per call: contiguous ``[in, out]`` in
+fp32, which MKL multiplies faster at decode shapes than megatron's ``[out, in]`` layout, and oneDNN's
+packed layout in bf16. On SmolLM2-135M (one
 thread, 32 rows, position ~100) a step went from 178 to 126 ms; the per-op profile is in
 benchmarks/README.md (sampling). Anything else steps through the modules as before.
 
@@ -135,19 +136,30 @@ def _mlp_activation(mlp: torch.nn.Module) -> str | None:
 
 
 class _LeanLayer:
-    """One layer's weights as :meth:`CachedDecoder.step` reads them: ``[in, out]`` operands and biases.
+    """One layer's weights as :meth:`CachedDecoder.step` reads them: the products' operands and biases.
 
-    On the CPU the four products' weights are transposed copies made once per :class:`CachedDecoder`
-    (``[in, out]``, contiguous): MKL's fp32 GEMM at the decode shapes (``[N, 576] x [576, 3072]`` with
-    N = 32 rows) runs 1.2-1.4x faster on a contiguous ``[in, out]`` operand than on the transposed view of
-    megatron's ``[out, in]`` weight (benchmarks/README.md, sampling). Same products, fp32 accumulation.
-    Elsewhere (GPU) the operands are views of the weights, no copy.
+    On the CPU the four products' weights are copies made once per :class:`CachedDecoder`. fp32:
+    transposed, ``[in, out]`` contiguous: MKL's fp32 GEMM at the decode shapes (``[N, 576] x [576, 3072]``
+    with N = 32 rows) runs 1.2-1.4x faster on it than on the transposed view of megatron's ``[out, in]``
+    weight. bf16: oneDNN's packed (blocked) layout for N rows (``packed``), which its bf16 products at
+    these shapes take 1.4-1.5x faster than either plain layout, with no reordering per call
+    (benchmarks/README.md, sampling). Same products, fp32 accumulation. Elsewhere (GPU) the operands are
+    views of the weights, no copy.
     """
 
-    def __init__(self, layer: torch.nn.Module, copy: bool) -> None:
+    def __init__(self, layer: torch.nn.Module, copy: bool, rows: int) -> None:
         attn, mlp = layer.self_attention, layer.mlp
+        weight = attn.linear_qkv.weight
+        self.packed = (
+            copy
+            and weight.dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and cpu_support.cpu_has_bf16_matmul()
+        )
 
         def operand(linear: torch.nn.Module) -> torch.Tensor:
+            if self.packed:  # [out, in] -> oneDNN's blocked layout for `rows`-row products
+                return torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
             w = linear.weight.detach().t()
             return w.contiguous() if copy else w
 
@@ -159,6 +171,23 @@ class _LeanLayer:
         self.activation = _mlp_activation(mlp)
         self.activation_func = mlp.activation_func
         self.scale = attn.core_attention.softmax_scale
+
+    def product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ W + bias`` for one of this layer's operands."""
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+
+    def residual_product(
+        self, residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``residual + (x @ W + bias)``: megatron's linear layer and bias-dropout-add in eval mode, the
+        add fused into the product where the layout allows."""
+        if self.packed:
+            return self.product(x, weight, bias).add_(residual)
+        if bias is None:
+            return torch.addmm(residual, x, weight)
+        return residual + torch.addmm(bias, x, weight)
 
     @staticmethod
     def applies(layer: torch.nn.Module) -> bool:
@@ -211,7 +240,8 @@ class CachedDecoder:
         on_cpu = self.device.type == "cpu"
         self.lean = None
         if all(_LeanLayer.applies(layer) for layer in self.layers):
-            self.lean = [_LeanLayer(layer, copy=on_cpu and self.transpose_weights) for layer in self.layers]
+            copy = on_cpu and self.transpose_weights
+            self.lean = [_LeanLayer(layer, copy=copy, rows=rows) for layer in self.layers]
             rot = freqs.shape[-1]
             # rotate()'s tables, (cos(freqs) * 1.0).to(dtype), for all positions at once: [max_len, rot]
             self.cos = torch.cos(freqs).to(self.dtype).reshape(max_len, rot)
@@ -331,11 +361,7 @@ class CachedDecoder:
         rot = cos.shape[-1]
         qk = self.rotated  # [N, groups, per_group + 1, d]: the group's query heads, then its key
         for lean, keys, values in zip(self.lean, self.keys, self.values):
-            x = lean.input_norm(hidden)
-            if lean.qkv_bias is None:
-                mixed = torch.mm(x, lean.qkv)
-            else:
-                mixed = torch.addmm(lean.qkv_bias, x, lean.qkv)
+            mixed = lean.product(lean.input_norm(hidden), lean.qkv, lean.qkv_bias)
             mixed = mixed.view(n, groups, per_group + 2, d)
             _rotate_halves(mixed[:, :, : per_group + 1], cos, sin, 1.0, qk)
             if rot < d:
@@ -346,25 +372,13 @@ class CachedDecoder:
             context = F.scaled_dot_product_attention(qk[:, :, :per_group], keys[:, :, : pos + 1],
                                                      values[:, :, : pos + 1], scale=lean.scale)  # fmt: skip
             context = context.reshape(n, self.heads * d)
-            hidden = _residual_product(hidden, context, lean.proj, lean.proj_bias)
-            x = lean.mlp_norm(hidden)
-            if lean.fc1_bias is None:
-                x = torch.mm(x, lean.fc1)
-            else:
-                x = torch.addmm(lean.fc1_bias, x, lean.fc1)
+            hidden = lean.residual_product(hidden, context, lean.proj, lean.proj_bias)
+            x = lean.product(lean.mlp_norm(hidden), lean.fc1, lean.fc1_bias)
             if lean.activation == "swiglu":
                 gate, up = torch.chunk(x, 2, dim=-1)
                 x = F.silu(gate).mul_(up)
             else:
                 x = lean.activation_func(x)
-            hidden = _residual_product(hidden, x, lean.fc2, lean.fc2_bias)
+            hidden = lean.residual_product(hidden, x, lean.fc2, lean.fc2_bias)
         return hidden
 
-
-def _residual_product(
-    residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """``residual + (x @ weight + bias)``: megatron's linear layer and bias-dropout-add in eval mode."""
-    if bias is None:
-        return torch.addmm(residual, x, weight)
-    return residual + torch.addmm(bias, x, weight)

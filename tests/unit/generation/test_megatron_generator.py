@@ -7,6 +7,7 @@ import torch
 
 from nemo_rpo.config.schema import GenerationConfig
 from nemo_rpo.data.tokenizer import ByteTokenizer
+from nemo_rpo.distributed import cpu_support
 from nemo_rpo.generation import GenerationOutput, MegatronGenerator, ResponseGenerator, generate
 from nemo_rpo.generation.sampling import sampling_generator
 from nemo_rpo.models.logps import forward_token_logps
@@ -225,3 +226,33 @@ def test_lean_step_matches_the_module_step(policy, transpose_weights: bool) -> N
             torch.testing.assert_close(a[:, :, :n], b[:, :, :n], atol=ATOL, rtol=0)
     for name, p in policy.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.skipif(not cpu_support.cpu_has_bf16_matmul(), reason="packed bf16 operands need AVX-512-BF16/AMX")
+def test_lean_step_bf16_packed_weights_match_the_module_step(policy) -> None:  # noqa: ANN001
+    """In bf16 the lean step multiplies by oneDNN-packed weight copies: the same logits and cached keys as
+    the step through megatron's bf16 modules, to bf16 rounding (a wrong layout would differ by O(1))."""
+    from nemo_rpo.generation.cached_decoder import CachedDecoder
+
+    tensors = [*policy.parameters(), *policy.buffers()]
+    fp32 = [t.data for t in tensors]
+    prompts = torch.tensor([p[:3] for p in PROMPTS])
+    try:
+        model = policy.eval().bfloat16()  # the fixture's fp32 tensors are put back below
+        with torch.no_grad():
+            lean, modules = CachedDecoder(model, 6, 12), CachedDecoder(model, 6, 12)
+            modules.lean = modules.head = None
+            assert lean.lean is not None and all(layer.packed for layer in lean.lean)
+            lean.prefill(prompts, 2), modules.prefill(prompts, 2)
+            for t in range(4):
+                ids = torch.arange(6) * 7 + t
+                a, b = lean.step(ids), modules.step(ids)
+                assert a.dtype == torch.float32
+                torch.testing.assert_close(a, b, atol=0.05, rtol=0.02)  # the padded ids' -inf alike
+            n = lean.length
+            for a, b in zip(lean.keys + lean.values, modules.keys + modules.values, strict=True):
+                assert a.dtype == torch.bfloat16
+                torch.testing.assert_close(a[:, :, :n], b[:, :, :n], atol=0.05, rtol=0.02)
+    finally:
+        for t, data in zip(tensors, fp32, strict=True):
+            t.data = data
