@@ -381,4 +381,3 @@ class CachedDecoder:
                 x = lean.activation_func(x)
             hidden = lean.residual_product(hidden, x, lean.fc2, lean.fc2_bias)
         return hidden
-

@@ -228,7 +228,9 @@ def test_lean_step_matches_the_module_step(policy, transpose_weights: bool) -> N
         assert torch.equal(p, before[name]), name
 
 
-@pytest.mark.skipif(not cpu_support.cpu_has_bf16_matmul(), reason="packed bf16 operands need AVX-512-BF16/AMX")
+@pytest.mark.skipif(
+    not cpu_support.cpu_has_bf16_matmul(), reason="packed bf16 operands need AVX-512-BF16/AMX"
+)
 def test_lean_step_bf16_packed_weights_match_the_module_step(policy) -> None:  # noqa: ANN001
     """In bf16 the lean step multiplies by oneDNN-packed weight copies: the same logits and cached keys as
     the step through megatron's bf16 modules, to bf16 rounding (a wrong layout would differ by O(1))."""
