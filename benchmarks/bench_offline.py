@@ -11,6 +11,7 @@ alternate their order from round to round, and each round is one paired comparis
 * ``rpo_bf16`` (``--bf16``): ``model.precision=bf16`` (fp32 master weights), on CPUs with bf16 matmuls;
 * ``rpo_recompute`` (``--recompute``): ``model.recompute_granularity=full`` (each layer's activations
   recomputed in the backward instead of kept: about one more forward per step for less peak memory);
+  with ``--bf16`` also ``rpo_bf16_recompute``, both settings, against ``trl_bf16``;
 * ``trl``: Hugging Face TRL's ``DPOTrainer`` with precomputed reference log-probs (``trl_dpo.py``);
 * ``trl_bf16`` (``--bf16`` with TRL): the same with ``bf16=True`` (transformers' mixed precision:
   fp32 weights, bf16 autocast), the peer of ``rpo_bf16``: each ratio compares one number format.
@@ -50,11 +51,18 @@ ROW_NAMES = {
     "rpo_whole_logits": "nemo-rpo, whole logits (model.logps_chunk_size=0)",
     "rpo_bf16": "nemo-rpo, model.precision=bf16 (fp32 master weights)",
     "rpo_recompute": "nemo-rpo, model.recompute_granularity=full",
+    "rpo_bf16_recompute": "nemo-rpo, bf16 and recompute_granularity=full",
     "trl": "TRL DPOTrainer, precomputed reference",
     "trl_bf16": "TRL DPOTrainer, bf16=True (bf16 autocast, fp32 weights)",
 }
 # Each nemo-rpo row against the TRL row of its number format, when that row ran; else against "rpo".
-PEERS = {"rpo": "trl", "rpo_whole_logits": "trl", "rpo_bf16": "trl_bf16", "rpo_recompute": "trl"}
+PEERS = {
+    "rpo": "trl",
+    "rpo_whole_logits": "trl",
+    "rpo_bf16": "trl_bf16",
+    "rpo_recompute": "trl",
+    "rpo_bf16_recompute": "trl_bf16",
+}
 
 
 def cpu_description() -> dict:
@@ -100,10 +108,10 @@ def rpo_worker(args: argparse.Namespace) -> dict:
         vocab_size=dims["vocab_size"],
         max_seq_len=PROMPT_LEN + RESPONSE_LEN,
         untie_embeddings_and_output_weights=not dims["tied"],
-        precision="bf16" if args.worker == "rpo_bf16" else "fp32",
+        precision="bf16" if args.worker.startswith("rpo_bf16") else "fp32",
         transformer_impl="local",
         **({"logps_chunk_size": 0} if args.worker == "rpo_whole_logits" else {}),
-        **({"recompute_granularity": "full"} if args.worker == "rpo_recompute" else {}),
+        **({"recompute_granularity": "full"} if args.worker.endswith("_recompute") else {}),
     )
     trainer = TrainerConfig(max_steps=10_000, global_batch_size=args.prompts, micro_batch_size=args.micro_batch_size,
                             num_threads=args.threads, keep_freed_memory=not args.default_malloc)  # fmt: skip
@@ -174,6 +182,8 @@ def summarize(rounds: list[dict[str, dict]], rows: list[str], tokens_per_step: i
     ]
     if "rpo_bf16" in rows and "trl_bf16" in rows:
         pairs.append(("rpo_bf16", "rpo"))  # bf16 against fp32, same run
+    if "rpo_recompute" in rows:
+        pairs.append(("rpo_recompute", "rpo"))  # what recomputation costs and saves, same run
     for row, other in pairs:
         if row == other:
             continue
@@ -214,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     rows = ["rpo", *(["rpo_whole_logits"] if args.whole_logits else []), *(["rpo_bf16"] if args.bf16 else []),
-            *(["rpo_recompute"] if args.recompute else []), *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
+            *(["rpo_recompute"] if args.recompute else []),
+            *(["rpo_bf16_recompute"] if args.recompute and args.bf16 else []), *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
     tokens_per_step = args.prompts * PAIRS_K * (PROMPT_LEN + RESPONSE_LEN)
     cpu = cpu_description()
     load_start = os.getloadavg()
