@@ -147,15 +147,9 @@ class _LeanLayer:
     views of the weights, no copy.
     """
 
-    def __init__(self, layer: torch.nn.Module, copy: bool, rows: int) -> None:
+    def __init__(self, layer: torch.nn.Module, copy: bool, packed: bool, rows: int) -> None:
         attn, mlp = layer.self_attention, layer.mlp
-        weight = attn.linear_qkv.weight
-        self.packed = (
-            copy
-            and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
-            and cpu_support.cpu_has_bf16_matmul()
-        )
+        self.packed = packed
 
         def operand(linear: torch.nn.Module) -> torch.Tensor:
             if self.packed:  # [out, in] -> oneDNN's blocked layout for `rows`-row products
@@ -241,7 +235,13 @@ class CachedDecoder:
         self.lean = None
         if all(_LeanLayer.applies(layer) for layer in self.layers):
             copy = on_cpu and self.transpose_weights
-            self.lean = [_LeanLayer(layer, copy=copy, rows=rows) for layer in self.layers]
+            packed = (  # bf16 products on oneDNN's packed operands (see _LeanLayer)
+                copy
+                and self.dtype == torch.bfloat16
+                and torch.backends.mkldnn.is_available()
+                and cpu_support.cpu_has_bf16_matmul()
+            )
+            self.lean = [_LeanLayer(layer, copy=copy, packed=packed, rows=rows) for layer in self.layers]
             rot = freqs.shape[-1]
             # rotate()'s tables, (cos(freqs) * 1.0).to(dtype), for all positions at once: [max_len, rot]
             self.cos = torch.cos(freqs).to(self.dtype).reshape(max_len, rot)
