@@ -223,9 +223,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(json.dumps(rpo_worker(args)))
         return None
 
-    rows = ["rpo", *(["rpo_whole_logits"] if args.whole_logits else []), *(["rpo_bf16"] if args.bf16 else []),
-            *(["rpo_recompute"] if args.recompute else []),
-            *(["rpo_bf16_recompute"] if args.recompute and args.bf16 else []), *([] if args.no_trl else ["trl"]), *(["trl_bf16"] if args.bf16 and not args.no_trl else [])]  # fmt: skip
+    wanted = {"rpo_whole_logits": args.whole_logits, "rpo_bf16": args.bf16, "rpo_recompute": args.recompute,
+              "rpo_bf16_recompute": args.recompute and args.bf16, "trl": not args.no_trl,
+              "trl_bf16": args.bf16 and not args.no_trl}  # fmt: skip
+    rows = ["rpo", *(row for row, on in wanted.items() if on)]
     tokens_per_step = args.prompts * PAIRS_K * (PROMPT_LEN + RESPONSE_LEN)
     cpu = cpu_description()
     load_start = os.getloadavg()

@@ -15,10 +15,10 @@ Setup, read off ``trl/trainer/rloo_trainer.py`` and ``rloo_config.py``: the poli
 accumulation, so one step generates, scores and trains on the whole batch once (``steps_per_generation
 = num_iterations = 1``); sampling through ``model.generate`` with the KV cache (no vLLM, no continuous
 batching), temperature 1, no top-k/top-p, ``min_new_tokens = max_completion_length = N`` (EOS never ends
-a completion early, as nemo-rpo's ``eos_id=-1``); ``use_cache=True`` (``TrainingArguments.use_cache`` defaults to False and the Trainer copies it into
-``model.config.use_cache``: without it ``generate`` recomputes the whole prefix every token);
-``gradient_checkpointing=False`` and ``bf16=False``
-(RLOOConfig defaults both on; nemo-rpo does neither here); ``beta = 0.1`` (nemo-rpo's rpo_sqloo beta);
+a completion early, as nemo-rpo's ``eos_id=-1``); ``use_cache=True`` (``TrainingArguments.use_cache``
+defaults to False and the Trainer copies it into ``model.config.use_cache``: without it ``generate``
+recomputes the whole prefix every token); ``gradient_checkpointing=False`` and ``bf16=False`` (RLOOConfig
+defaults both on; nemo-rpo does neither here); ``beta = 0.1`` (nemo-rpo's rpo_sqloo beta);
 AdamW at lr 1e-6 with ``max_grad_norm = 1``; no logging, saving or evaluation. The reward function is
 ``online_workload.reward_of_text`` on each decoded completion. Per step TRL runs ``generate``, a no-grad
 forward of the policy (its "old" log-probs for the clipped ratio), a no-grad forward of the reference,
