@@ -40,11 +40,11 @@ def _env() -> dict[str, str]:
 
 
 def _run(exp_dir: Path, args: list[str], kill_at_save: int | None = None) -> subprocess.CompletedProcess:
-    """Run to the end in its own session; whatever it leaves behind is then killed with it (see below)."""
+    """Run to the end in its own process group; whatever it leaves behind is then killed with it (see below)."""
     out, err = exp_dir.parent / f"{exp_dir.name}.out", exp_dir.parent / f"{exp_dir.name}.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(_command(exp_dir, args, kill_at_save), stdout=stdout, stderr=stderr, text=True,
-                                env=_env(), start_new_session=True)  # fmt: skip
+                                env=_env(), process_group=0)  # fmt: skip
     try:
         proc.wait(timeout=600)
     finally:
@@ -81,9 +81,7 @@ def _kill_after_step(exp_dir: Path, args: list[str], step: int) -> None:
     """Start a run and SIGKILL it as soon as metrics.jsonl shows ``step`` (wherever it then is)."""
     log = exp_dir.parent / f"{exp_dir.name}_killed_at_{step}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            _command(exp_dir, args), stdout=out, stderr=out, env=_env(), start_new_session=True
-        )
+        proc = subprocess.Popen(_command(exp_dir, args), stdout=out, stderr=out, env=_env(), process_group=0)
     deadline = time.monotonic() + 600
     while step not in _logged_steps(exp_dir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
