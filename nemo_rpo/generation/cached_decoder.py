@@ -226,6 +226,10 @@ class CachedDecoder:
         self.keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.length = 0
+        # Left padding (prefill's ``pads``): row r's tokens start at column pads[r] with position 0, and
+        # its keys before that column are masked. None: no padding, no mask (the plain causal path).
+        self.pads: torch.Tensor | None = None
+        self.key_mask: torch.Tensor | None = None  # [N, 1, 1, max_len] bool, True = a key to attend to
         self.output_weight = (
             model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
         )
@@ -284,14 +288,37 @@ class CachedDecoder:
         logits, _ = self.model.output_layer(x, weight=self.output_weight)
         return logits[0].float()
 
-    def prefill(self, input_ids: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+    def prefill(
+        self, input_ids: torch.Tensor, repeats: int = 1, pads: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run the prompts ``[b, s]`` (positions ``0..s-1``); the cache rows ``r*repeats .. (r+1)*repeats-1``
-        all get prompt ``r``'s keys and values (``b * repeats == rows``). Returns ``[rows, V]`` logits."""
+        all get prompt ``r``'s keys and values (``b * repeats == rows``). Returns ``[rows, V]`` logits.
+
+        ``pads`` ``[b]``: prompt ``r`` is left-padded, its tokens in columns ``pads[r]..s-1`` at positions
+        ``0..s-1-pads[r]``; its pad columns are masked out of every later query (each pad query attends
+        to itself only, which keeps its numbers finite), so every row's last prompt token is column
+        ``s-1`` and the one-token steps that follow advance all rows together."""
         b, s = input_ids.shape
         assert b * repeats == self.rows and s <= self.max_len
-        positions = torch.arange(s, device=self.device).expand(b, -1)
+        columns = torch.arange(s, device=self.device)
+        if pads is not None and bool((pads == 0).all()):
+            pads = None
+        mask = None
+        if pads is None:
+            positions = columns.expand(b, -1)
+            freqs = self.freqs[:s]
+        else:
+            pads = pads.to(self.device)
+            positions = (columns - pads[:, None]).clamp_min(0)  # [b, s]
+            freqs = self.freqs.view(self.max_len, -1)[positions.t()].unsqueeze(2)  # [s, b, 1, rot]
+            keys_ok = columns[None, :] >= pads[:, None]  # [b, s]: a real (not pad) key column
+            causal = columns[None, :] <= columns[:, None]  # [s (query), s (key)]
+            mask = (causal & keys_ok[:, None, :]) | torch.eye(s, dtype=torch.bool, device=self.device)
+            mask = mask[:, None]  # [b, 1, s, s]
+            self.pads = pads.repeat_interleave(repeats)
+            key_ok = torch.arange(self.max_len, device=self.device) >= self.pads[:, None]
+            self.key_mask = key_ok[:, None, None]
         hidden = self.model.embedding(input_ids=input_ids.to(self.device), position_ids=positions)
-        freqs = self.freqs[:s]
         per_group = self.heads // self.groups
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             attn = layer.self_attention
@@ -309,7 +336,7 @@ class CachedDecoder:
             k = k.repeat_interleave(per_group, dim=1).contiguous()
             v = v.repeat_interleave(per_group, dim=1).contiguous()
             context = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=attn.core_attention.softmax_scale
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.core_attention.softmax_scale
             )
             # [b, heads, s, d] -> [s, b, heads * d]
             context = context.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
@@ -319,18 +346,27 @@ class CachedDecoder:
         logits = self._logits(hidden)
         return logits if repeats == 1 else logits.repeat_interleave(repeats, dim=0)
 
+    def _positions(self, pos: int) -> torch.Tensor | int:
+        """The position of every row's token at cache column ``pos``: ``pos`` itself without left padding."""
+        return pos if self.pads is None else pos - self.pads
+
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row ``[rows]`` at the next position; returns ``[rows, V]`` logits."""
+        """Feed one token per row ``[rows]`` at the next cache column; returns ``[rows, V]`` logits."""
         pos = self.length
         assert pos < self.max_len
         ids = input_ids.to(self.device).view(self.rows, 1)
-        positions = torch.full_like(ids, pos)
-        hidden = self.model.embedding(input_ids=ids, position_ids=positions)  # [1, N, h]
+        positions = self._positions(pos)
+        position_ids = torch.full_like(ids, pos) if self.pads is None else positions[:, None]
+        hidden = self.model.embedding(input_ids=ids, position_ids=position_ids)  # [1, N, h]
         if self.lean is not None:
             hidden = self._lean_step(hidden[0], pos)[None]
             self.length = pos + 1
             return self._logits(hidden)
-        freqs = self.freqs[pos : pos + 1]
+        if self.pads is None:
+            freqs = self.freqs[pos : pos + 1]
+        else:  # [1, N, 1, rot]: each row at its own position
+            freqs = self.freqs.view(self.max_len, -1)[positions][None, :, None]
+        mask = None if self.key_mask is None else self.key_mask[..., : pos + 1]
         per_group = self.heads // self.groups
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             attn = layer.self_attention
@@ -340,7 +376,7 @@ class CachedDecoder:
             # The group's query heads are the query "sequence" of its keys: no repeated keys for GQA.
             q = rotate(q, freqs)[0].view(self.rows, self.groups, per_group, self.head_dim)
             context = F.scaled_dot_product_attention(q, keys[:, :, : pos + 1], values[:, :, : pos + 1],
-                                                     scale=attn.core_attention.softmax_scale)  # fmt: skip
+                                                     attn_mask=mask, scale=attn.core_attention.softmax_scale)  # fmt: skip
             context = context.reshape(1, self.rows, self.heads * self.head_dim)
             hidden = _add(attn.linear_proj(context), hidden)
             hidden = _add(layer.mlp(layer.pre_mlp_layernorm(hidden)), hidden)
@@ -357,7 +393,11 @@ class CachedDecoder:
         place."""
         n, groups, d = self.rows, self.groups, self.head_dim
         per_group = self.heads // groups
-        cos, sin = self.cos[pos], self.sin[pos]
+        positions = self._positions(pos)
+        cos, sin = self.cos[positions], self.sin[positions]
+        if self.pads is not None:  # [N, rot] -> [N, 1, 1, rot]: each row at its own position
+            cos, sin = cos[:, None, None], sin[:, None, None]
+        mask = None if self.key_mask is None else self.key_mask[..., : pos + 1]
         rot = cos.shape[-1]
         qk = self.rotated  # [N, groups, per_group + 1, d]: the group's query heads, then its key
         for lean, keys, values in zip(self.lean, self.keys, self.values):
@@ -370,7 +410,8 @@ class CachedDecoder:
             values[:, :, pos] = mixed[:, :, per_group + 1]
             # The group's query heads are the query "sequence" of its keys: no repeated keys for GQA.
             context = F.scaled_dot_product_attention(qk[:, :, :per_group], keys[:, :, : pos + 1],
-                                                     values[:, :, : pos + 1], scale=lean.scale)  # fmt: skip
+                                                     values[:, :, : pos + 1], attn_mask=mask,
+                                                     scale=lean.scale)  # fmt: skip
             context = context.reshape(n, self.heads * d)
             hidden = lean.residual_product(hidden, context, lean.proj, lean.proj_bias)
             x = lean.product(lean.mlp_norm(hidden), lean.fc1, lean.fc1_bias)

@@ -1,23 +1,23 @@
 """Batched sampling from the Megatron GPT policy, with a KV cache, under any TP x PP layout.
 
 Layout. All B prompts x K samples form one batch of N rows. Each row is ``prompt + response`` from
-position 0, right-padded — the training layout, so there is no padding *inside* a sequence and plain
-causal attention is exact (no attention mask, which keeps every core-attention implementation valid:
-megatron's, SDPA, Transformer Engine). Rows with prompts of different lengths are handled by starting
-at the shortest prompt and, while a row is still inside its prompt, writing its prompt token instead
-of the sampled one (the sample is drawn and discarded, so the random stream does not depend on
-lengths). That costs ``max_prompt - min_prompt`` extra one-token steps, which is cheap for the short,
-similar prompts of online RPO.
+column 0, right-padded: the training layout. Randomness is one uniform per row and *column*, drawn
+column by column from the shortest prompt's end, so row ``i``'s token at column ``c`` uses the same
+draw whichever path computes it and however the prompts' lengths differ.
 
 KV cache. A single-stage local-spec model (TP = PP = 1) runs
 :class:`~nemo_rpo.generation.cached_decoder.CachedDecoder`: the model's own modules and weights, with keys
-rotated once into a preallocated cache and GQA attention without repeated keys. Any other layout uses
-megatron's ``StaticInferenceContext`` passed as ``inference_context`` to ``GPTModel.forward``; the
-context keeps keys/values per layer at absolute positions, which equal the position ids here, and
-megatron returns only the last position's logits, gathered over TP. Either way: one prefill over the
-shortest prompt, then one-token steps. With ``shared_prefill`` (the default) the prefill runs once per
-prompt and its cache is copied to the prompt's K rows. ``use_kv_cache=False`` re-runs the whole prefix
-at every step (tests compare the three) and gathers the vocab-parallel logits of the last position only.
+rotated once into a preallocated cache and GQA attention without repeated keys. Prompts of different
+lengths are left-padded into its one prefill (pad keys masked, RoPE positions counted from each prompt's
+first token), after which every row advances from its own prompt's end: one step per sampled token.
+Any other layout uses megatron's ``StaticInferenceContext`` passed as ``inference_context`` to
+``GPTModel.forward``; the context keeps keys/values per layer at absolute positions, which equal the
+position ids here, and megatron returns only the last position's logits, gathered over TP. That path
+has no attention mask, so it starts at the shortest prompt and, while a row is still inside its prompt,
+writes its prompt token instead of the sampled one: ``max_prompt - min_prompt`` extra one-token steps.
+With ``shared_prefill`` (the default) the prefill runs once per prompt and its cache is copied to the
+prompt's K rows. ``use_kv_cache=False`` re-runs the whole prefix at every step, column by column (tests
+compare the three) and gathers the vocab-parallel logits of the last position only.
 
 Parallelism. Pipeline stages pass the step's hidden states ``[s, N, h]`` with point-to-point
 send/recv; the last stage samples, and the tokens are broadcast from TP rank 0 of the last stage to its
@@ -144,34 +144,37 @@ def generate(
     chunk.eval()
     repeats = num_samples if shared_prefill else 1
     if cfg.use_kv_cache and cached_decoder and unsupported(chunk) is None:
-        runner = _DecoderRunner(chunk, rows, total, repeats)
+        runner = _DecoderRunner(chunk, lengths, total, repeats)
     else:
-        runner = _StageRunner(chunk, rows, total, cfg.use_kv_cache, repeats)
-    end = int(lengths.min())
+        runner = _StageRunner(chunk, lengths, total, cfg.use_kv_cache, repeats)
+    draws = _ColumnDraws(generator, rows, cfg, first=int(lengths.min()))
+    row_ids = torch.arange(rows)
     workspace: dict = {}  # select_tokens' [N, V] buffers, reused by every step
     try:
         with torch.no_grad():
-            for pos in range(int(lengths.min()), total):
-                logits = runner.next_token_logits(tokens, pos)
-                uniforms = draw_uniforms(generator, rows, cfg) if generator is not None else None
+            for step in range(total - int(lengths.min())):
+                cols = runner.columns(step)  # [N]: the column each row's logits predict
+                logits = runner.next_token_logits(tokens, cols)
+                uniforms = draws.at(cols)
                 step_tokens, step_logps = (None, None)
                 if logits is not None:
                     step_tokens, step_logps = select_tokens(logits, uniforms, cfg, vocab_size=vocab_size,
                                                            workspace=workspace)  # fmt: skip
                 step_tokens = _from_last_stage(step_tokens, (rows,), torch.long, runner.device)
-                write = (pos >= lengths) & ~finished & (pos < stops)
-                tokens[write, pos] = step_tokens[write]
-                generated[write, pos] = True
+                write = (cols >= lengths) & ~finished & (cols < stops)
+                at = (row_ids[write], cols[write])
+                tokens[at] = step_tokens[write]
+                generated[at] = True
                 if step_logps is not None:
-                    logps[write, pos] = step_logps.cpu()[write]
+                    logps[at] = step_logps.cpu()[write]
                 finished |= write & (step_tokens == eos_id)
-                end = pos + 1
-                if bool(((pos + 1 >= lengths) & (finished | (pos + 1 >= stops))).all()):
+                if bool(((cols + 1 >= lengths) & (finished | (cols + 1 >= stops))).all()):
                     break
     finally:
         runner.close()
         chunk.train(was_training)
 
+    end = int((lengths + generated.sum(dim=1)).max())
     logps = _from_last_stage(logps[:, :end].to(runner.device) if runner.is_last else None,
                              (rows, end), torch.float32, runner.device)  # fmt: skip
     mask = generated[:, :end]
@@ -190,22 +193,58 @@ def _single_chunk(model: torch.nn.Module | Sequence[torch.nn.Module]) -> torch.n
     return chunks[0]
 
 
+class _ColumnDraws:
+    """The sampling uniforms, one ``[N]`` draw per column in column order: row ``i``'s token at column
+    ``c`` uses draw ``c``'s entry ``i`` whichever step computes it, so runners that advance the rows
+    column by column or each from its own prompt end sample alike."""
+
+    def __init__(
+        self, generator: torch.Generator | None, rows: int, cfg: GenerationConfig, first: int
+    ) -> None:
+        self.generator, self.rows, self.cfg = generator, rows, cfg
+        self.first = first  # the column of self.drawn[0]
+        self.drawn: list[torch.Tensor] = []
+
+    def at(self, cols: torch.Tensor) -> torch.Tensor | None:
+        """``[N]`` float64: row ``i``'s uniform for column ``cols[i]`` (None when greedy or no generator)."""
+        if self.generator is None or self.cfg.temperature == 0:
+            return None
+        while self.first + len(self.drawn) <= int(cols.max()):
+            self.drawn.append(draw_uniforms(self.generator, self.rows, self.cfg))
+        table = torch.stack(self.drawn)  # [columns drawn, N]
+        return table[cols - self.first, torch.arange(self.rows)]
+
+
 class _DecoderRunner:
-    """:class:`CachedDecoder` behind the :class:`_StageRunner` interface (one stage, KV cache)."""
+    """:class:`CachedDecoder` behind the :class:`_StageRunner` interface (one stage, KV cache).
+
+    Prompts of different lengths are left-padded into one prefill (pad columns masked, positions from
+    each prompt's first token), so every row then advances from its own prompt's end: one step per
+    sampled token, none spent feeding the longer prompts token by token."""
 
     is_first = is_last = True
 
-    def __init__(self, chunk: torch.nn.Module, rows: int, total: int, repeats: int) -> None:
-        self.decoder = CachedDecoder(chunk, rows, total)
+    def __init__(self, chunk: torch.nn.Module, lengths: torch.Tensor, total: int, repeats: int) -> None:
+        self.decoder = CachedDecoder(chunk, lengths.shape[0], total)
         self.device = self.decoder.device
-        self.repeats = repeats
+        self.lengths, self.repeats = lengths, repeats
+        self.rows = torch.arange(lengths.shape[0])
 
-    def next_token_logits(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """Full-vocabulary logits ``[N, V]`` predicting position ``pos``."""
+    def columns(self, step: int) -> torch.Tensor:
+        return self.lengths + step
+
+    def next_token_logits(self, tokens: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits ``[N, V]``, row ``i``'s predicting column ``cols[i]``."""
         if self.decoder.length == 0:
-            return self.decoder.prefill(tokens[:: self.repeats, :pos], self.repeats)
-        assert pos == self.decoder.length + 1
-        return self.decoder.step(tokens[:, pos - 1])
+            lengths = self.lengths[:: self.repeats]
+            width = int(lengths.max())
+            pads = width - lengths
+            # Left-pad: prompt b's tokens into columns pads[b]..width-1 (its pad columns repeat its
+            # first token, any valid id: they are masked).
+            source = (torch.arange(width)[None, :] - pads[:, None]).clamp_min(0)
+            prompts = tokens[:: self.repeats].gather(1, source)
+            return self.decoder.prefill(prompts, self.repeats, pads)
+        return self.decoder.step(tokens[self.rows, cols - 1])
 
     def close(self) -> None:
         """Drop the KV cache."""
@@ -220,8 +259,10 @@ class _StageRunner:
     """
 
     def __init__(
-        self, chunk: torch.nn.Module, rows: int, total: int, use_kv_cache: bool, repeats: int = 1
+        self, chunk: torch.nn.Module, lengths: torch.Tensor, total: int, use_kv_cache: bool, repeats: int = 1
     ) -> None:
+        rows = lengths.shape[0]
+        self.start = int(lengths.min())  # every row advances column by column from the shortest prompt
         self.chunk = chunk
         self.config = get_attr_wrapped_model(chunk, "config")
         self.set_input_tensor = get_attr_wrapped_model(chunk, "set_input_tensor")
@@ -234,8 +275,13 @@ class _StageRunner:
         self.context = StaticInferenceContext(rows // self.repeats, total) if use_kv_cache else None
         self.fed = 0  # positions already in the KV cache
 
-    def next_token_logits(self, tokens: torch.Tensor, pos: int) -> torch.Tensor | None:
-        """Full-vocabulary logits ``[N, V]`` predicting position ``pos`` (last stage; None elsewhere)."""
+    def columns(self, step: int) -> torch.Tensor:
+        return torch.full((self.rows,), self.start + step)
+
+    def next_token_logits(self, tokens: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
+        """Full-vocabulary logits ``[N, V]`` predicting column ``pos = cols[0]``, the same for every row (last
+        stage; None elsewhere)."""
+        pos = int(cols[0])
         begin = self.fed if self.context is not None else 0
         prefill_once = self.context is not None and begin == 0 and self.repeats > 1
         if prefill_once:

@@ -258,3 +258,38 @@ def test_lean_step_bf16_packed_weights_match_the_module_step(policy) -> None:  #
     finally:
         for t, data in zip(tensors, fp32, strict=True):
             t.data = data
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [GenerationConfig(max_new_tokens=6), GenerationConfig(max_new_tokens=6, temperature=0.0)],
+    ids=["plain", "greedy"],
+)
+def test_ragged_prompts_one_step_per_sampled_token(policy, cfg: GenerationConfig) -> None:  # noqa: ANN001
+    """Prompts of 2 to 23 tokens: the cached decoder left-pads them into one prefill and then runs one step
+    per sampled token (5 for 6 tokens, not 21 + 5 from the shortest prompt), sampling the same tokens and
+    log-probs as megatron's path, which feeds the longer prompts token by token."""
+    from nemo_rpo.generation.cached_decoder import CachedDecoder
+
+    prompts = [[257, 104], [257, *range(97, 119)], [257, 120, 121, 122, 10]]
+    steps = []
+    step = CachedDecoder.step
+
+    def counted(self, input_ids):  # noqa: ANN001, ANN202
+        steps.append(self.length)
+        return step(self, input_ids)
+
+    def sample(cached_decoder: bool) -> GenerationOutput:
+        return generate([policy], prompts, cfg, num_samples=2, eos_id=EOS, pad_id=PAD, vocab_size=VOCAB,
+                        generator=sampling_generator(3, 0), cached_decoder=cached_decoder)  # fmt: skip
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CachedDecoder, "step", counted)
+        fast = sample(True)
+    assert steps == list(range(23, 28))  # cache columns 23..27 after the 23-column prefill
+    megatron = sample(False)
+    assert torch.equal(fast.tokens, megatron.tokens)
+    assert torch.equal(fast.response_mask, megatron.response_mask)
+    torch.testing.assert_close(fast.logps, megatron.logps, atol=ATOL, rtol=0)
+    for row in range(6):
+        assert fast.tokens[row, : len(prompts[row // 2])].tolist() == prompts[row // 2]
