@@ -16,7 +16,16 @@ __all__ = ["CPU_RUNTIME_ENV"]
 # shared with another process a spinning waiter burns the time slice of the thread it waits for, and
 # single steps stalled for seconds (benchmarks/contention.py measures it). MKL_DYNAMIC / OMP_DYNAMIC
 # =FALSE: a fixed thread count, MKL's documented condition for run-to-run reproducible results.
-CPU_RUNTIME_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
+# MKL_CBWR=AUTO: MKL's conditional numerical reproducibility on the branch it picks for this CPU, which
+# Intel documents as bitwise reproducible from run to run at a fixed thread count; without it a resumed
+# process once computed with MKL's AVX2 kernels on an AVX-512 CPU (the 1-in-22 exact-resume failure,
+# docs/determinism.md). The same numbers as without it where MKL keeps its usual kernels.
+CPU_RUNTIME_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+    "MKL_CBWR": "AUTO",
+}
 
 if "torch" not in sys.modules:  # once torch is loaded, libgomp has read its settings: change nothing
     for _key, _value in CPU_RUNTIME_ENV.items():

@@ -1,0 +1,78 @@
+"""One checkpoint resumed many times, each in a fresh process (issue 17, item 1: the 1-in-22 failure).
+
+    python benchmarks/resume_repeat.py --trials 60 runs/resume_repeat
+    python benchmarks/resume_repeat.py --trials 3 --env MKL_ENABLE_INSTRUCTIONS=AVX2 runs/resume_repeat
+    python benchmarks/resume_repeat.py --source /path/to/other/checkout --trials 60 runs/resume_old
+
+The offline run of ``tests/functional/test_exact_resume.py`` (global batch 8, micro-batch 4, a checkpoint
+every 2 steps, 2 threads): one uninterrupted 4-step run and one 2-step run, then ``--trials`` times a copy
+of the 2-step run resumed to step 4 in a new process, its steps 3-4 compared with the uninterrupted
+run's (loss and grad norm, ``==``). The failure that filed issue 17 was of this kind: a resumed process
+whose first step differed in the last bit. ``--env K=V`` sets a variable in the resumed processes only
+(``MKL_ENABLE_INSTRUCTIONS=AVX2`` makes MKL use its AVX2 kernels there, the numbers that failure had);
+``--source`` runs another checkout of nemo-rpo (its ``PYTHONPATH``), e.g. the commit the issue was filed
+against. Prints one line per trial and the count; exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ARGS = ["trainer.global_batch_size=8", "trainer.micro_batch_size=4", "checkpoint.save_interval=2",
+        "optim.decay_style=constant", "optim.warmup_steps=0", "logging.progress_bar=false",
+        "logging.tensorboard=false"]  # fmt: skip
+
+
+def train(
+    exp_dir: Path, steps: int, source: str | None, extra_env: dict[str, str]
+) -> list[tuple[float, float]]:
+    """``python -m nemo_rpo.train`` to ``steps``; returns every logged (loss, grad_norm)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **extra_env}
+    if source:
+        env["PYTHONPATH"] = f"{source}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    with open(exp_dir.with_suffix(".log"), "w") as log:
+        subprocess.run([sys.executable, "-m", "nemo_rpo.train", f"exp_dir={exp_dir}", *ARGS,
+                        f"trainer.max_steps={steps}"], env=env, stdout=log, stderr=log, check=True,
+                       cwd=source or None)  # fmt: skip
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["loss"], r["grad_norm"]) for r in rows]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("root", nargs="?", default="runs/resume_repeat")
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--source", help="another nemo-rpo checkout to run instead of the installed one")
+    parser.add_argument("--env", action="append", default=[], help="K=V for the resumed processes only")
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
+    root = Path(args.root)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    want = train(root / "full", 4, args.source, {})
+    train(root / "two", 2, args.source, {})
+    failed = 0
+    for trial in range(1, args.trials + 1):
+        resumed = root / f"trial{trial}"
+        shutil.copytree(root / "two", resumed)
+        got = train(resumed, 4, args.source, extra)
+        diffs = [(step, w, g) for step, (w, g) in enumerate(zip(want, got), start=1) if w != g]
+        failed += bool(diffs) or len(got) != len(want)
+        load = os.getloadavg()[0]
+        print(f"trial {trial}: {'bitwise equal' if not diffs else f'DIFFERS (step, want, got) {diffs}'}"
+              f" (load {load:.1f})", flush=True)  # fmt: skip
+        shutil.rmtree(resumed)
+    print(f"{args.trials - failed} of {args.trials} resumed processes bitwise equal to the uninterrupted run")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
