@@ -147,7 +147,7 @@ def generate(
         runner = _DecoderRunner(chunk, lengths, total, repeats)
     else:
         runner = _StageRunner(chunk, lengths, total, cfg.use_kv_cache, repeats)
-    draws = _ColumnDraws(generator, rows, cfg, first=int(lengths.min()))
+    draws = _ColumnDraws(generator, cfg, first=int(lengths.min()), total=total, rows=rows)
     row_ids = torch.arange(rows)
     workspace: dict = {}  # select_tokens' [N, V] buffers, reused by every step
     try:
@@ -199,20 +199,22 @@ class _ColumnDraws:
     column by column or each from its own prompt end sample alike."""
 
     def __init__(
-        self, generator: torch.Generator | None, rows: int, cfg: GenerationConfig, first: int
+        self, generator: torch.Generator | None, cfg: GenerationConfig, first: int, total: int, rows: int
     ) -> None:
-        self.generator, self.rows, self.cfg = generator, rows, cfg
-        self.first = first  # the column of self.drawn[0]
-        self.drawn: list[torch.Tensor] = []
+        self.generator, self.cfg = generator, cfg
+        self.first = first  # the column of table[0]
+        self.table = torch.empty(total - first, rows, dtype=torch.float64)  # [columns, N], filled lazily
+        self.filled = 0
+        self.row_ids = torch.arange(rows)
 
     def at(self, cols: torch.Tensor) -> torch.Tensor | None:
         """``[N]`` float64: row ``i``'s uniform for column ``cols[i]`` (None when greedy or no generator)."""
         if self.generator is None or self.cfg.temperature == 0:
             return None
-        while self.first + len(self.drawn) <= int(cols.max()):
-            self.drawn.append(draw_uniforms(self.generator, self.rows, self.cfg))
-        table = torch.stack(self.drawn)  # [columns drawn, N]
-        return table[cols - self.first, torch.arange(self.rows)]
+        while self.first + self.filled <= int(cols.max()):
+            self.table[self.filled] = draw_uniforms(self.generator, self.table.shape[1], self.cfg)
+            self.filled += 1
+        return self.table[cols - self.first, self.row_ids]
 
 
 class _DecoderRunner:
@@ -228,7 +230,7 @@ class _DecoderRunner:
         self.decoder = CachedDecoder(chunk, lengths.shape[0], total)
         self.device = self.decoder.device
         self.lengths, self.repeats = lengths, repeats
-        self.rows = torch.arange(lengths.shape[0])
+        self.row_ids = torch.arange(lengths.shape[0])
 
     def columns(self, step: int) -> torch.Tensor:
         return self.lengths + step
@@ -244,7 +246,7 @@ class _DecoderRunner:
             source = (torch.arange(width)[None, :] - pads[:, None]).clamp_min(0)
             prompts = tokens[:: self.repeats].gather(1, source)
             return self.decoder.prefill(prompts, self.repeats, pads)
-        return self.decoder.step(tokens[self.rows, cols - 1])
+        return self.decoder.step(tokens[self.row_ids, cols - 1])
 
     def close(self) -> None:
         """Drop the KV cache."""
