@@ -24,9 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ARGS = ["trainer.global_batch_size=8", "trainer.micro_batch_size=4", "checkpoint.save_interval=2",
-        "optim.decay_style=constant", "optim.warmup_steps=0", "logging.progress_bar=false",
-        "logging.tensorboard=false"]  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "functional"))
+import test_exact_resume as chain  # noqa: E402 - the test's own arguments
+
+ARGS = [*chain.SMALL, "logging.tensorboard=false"]
 
 
 def train(
