@@ -233,6 +233,7 @@ class _DecoderRunner:
         self.row_ids = torch.arange(lengths.shape[0])
 
     def columns(self, step: int) -> torch.Tensor:
+        """``[N]``: the column each row predicts at ``step`` (its own prompt's end + ``step``)."""
         return self.lengths + step
 
     def next_token_logits(self, tokens: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -278,6 +279,7 @@ class _StageRunner:
         self.fed = 0  # positions already in the KV cache
 
     def columns(self, step: int) -> torch.Tensor:
+        """``[N]``: the column every row predicts at ``step`` (the shortest prompt's end + ``step``)."""
         return torch.full((self.rows,), self.start + step)
 
     def next_token_logits(self, tokens: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
