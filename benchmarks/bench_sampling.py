@@ -11,10 +11,14 @@ alone; tokens/s counts the 8 x 4 x 128 sampled tokens.
 
 Rows:
   megatron      ``nemo_rpo.generation.generate`` (what online training calls), default settings.
+  megatron-launcher
+                (``--launcher-env``) the megatron row in a worker that imports ``nemo_rpo.cli`` before torch,
+                so the threading runtime runs with ``CPU_RUNTIME_ENV`` (``OMP_WAIT_POLICY=PASSIVE`` ...), as
+                in ``nemo-rpo-train``. The plain rows keep libgomp's own waiting policy, as ``generate`` does.
   megatron-per-sample
-                the same with each row prefilled on its own (``shared_prefill=False``; ``--per-sample``).
+                the megatron row with each row prefilled on its own (``shared_prefill=False``; ``--per-sample``).
   megatron-inference
-                the same through megatron's own static-inference path (``cached_decoder=False``, as before
+                the megatron row through megatron's own static-inference path (``cached_decoder=False``, as before
                 issue 20; ``--megatron-inference``).
   hf            ``LlamaForCausalLM.generate(do_sample=True, top_k=0, top_p=1)`` with the prompts repeated
                 K times (``num_return_sequences``), left-padded, eos_token_id None.
@@ -338,6 +342,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-sample", action="store_true", help="add the megatron-per-sample row")
+    parser.add_argument("--launcher-env", action="store_true",
+                        help="add megatron-launcher: the megatron row under nemo_rpo.cli.CPU_RUNTIME_ENV")  # fmt: skip
     parser.add_argument("--megatron-inference", action="store_true", help="add the megatron-inference row")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers row")
     parser.add_argument("--bf16", action="store_true",
@@ -357,6 +363,8 @@ def main() -> None:
         gemm_bounds(args.threads)
         return
     if args.worker or args.profile:
+        if args.worker == "megatron-launcher":
+            import nemo_rpo.cli  # noqa: F401 - before torch: the threading runtime's settings, as the CLI sets them
         import torch
 
         torch.set_num_threads(args.threads)
@@ -368,7 +376,8 @@ def main() -> None:
         return
 
     model_dir = prepare(Path(args.work))
-    rows = ["megatron"] + (["megatron-per-sample"] if args.per_sample else [])
+    rows = ["megatron"] + (["megatron-launcher"] if args.launcher_env else [])
+    rows += ["megatron-per-sample"] if args.per_sample else []
     rows += (["megatron-inference"] if args.megatron_inference else []) + ([] if args.no_hf else ["hf"])
     rows += (["megatron-bf16"] + ([] if args.no_hf else ["hf-bf16"])) if args.bf16 else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
