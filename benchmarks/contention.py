@@ -6,12 +6,15 @@ process per core, started before and stopped after the measured run). It prints 
 95th-percentile / worst step time of each and the loaded/idle ratios, so the effect of the policy is a
 ratio measured in one run. The first ``--skip`` steps (start-up, first allocation) are left out.
 
-    python benchmarks/contention.py                       # every policy: passive (the launcher's), default, spin10k
-    python benchmarks/contention.py --steps 80 --json benchmarks/results/contention-<date>.json
+    python benchmarks/contention.py                       # every policy below
+    python benchmarks/contention.py --policies launcher passive --json benchmarks/results/contention-<date>.json
 
-``passive`` is what ``nemo-rpo-train`` sets unless ``OMP_WAIT_POLICY`` is already in the environment
-(:mod:`nemo_rpo.cli`); ``default`` is libgomp's own (spin, then sleep), the policy it replaces;
-``spin10k`` spins 10,000 times before sleeping.
+``launcher`` is what ``nemo-rpo-train`` sets where the environment has no value
+(:data:`nemo_rpo.cli.CPU_RUNTIME_ENV`). The others start with torch imported first, so the launcher
+leaves libgomp as their environment sets it: ``default`` is libgomp's own (spin ~300,000 times, then
+sleep), ``passive`` sleeps at once (``OMP_WAIT_POLICY=PASSIVE``, the launcher's setting before
+2026-12-06 session 17), ``spinN`` spins N times before sleeping (``GOMP_SPINCOUNT``; libgomp counts
+~100,000 spins per millisecond).
 """
 
 from __future__ import annotations
@@ -29,9 +32,17 @@ from pathlib import Path
 
 from bench_sampling import cpu_name  # benchmarks/ is sys.path[0] when run as a script
 
-# policy -> extra environment; every policy but "passive" starts with torch imported first, so the
+# policy -> extra environment; every policy but "launcher" starts with torch imported first, so the
 # launcher leaves libgomp as that environment sets it.
-POLICIES = {"passive": {}, "default": {}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
+POLICIES = {
+    "launcher": {},
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin1k": {"GOMP_SPINCOUNT": "1000"},
+    "passive1k": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"},
+    "spin3k": {"GOMP_SPINCOUNT": "3000"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},
+}
 
 
 def _spin(stop_at: float) -> None:
@@ -41,14 +52,13 @@ def _spin(stop_at: float) -> None:
 
 
 def _run(policy: str, steps: int, exp_dir: Path) -> list[float]:
-    """``passive``: the launcher as shipped; ``default``: torch imported first, so libgomp keeps its own
-    waiting policy (spin, then sleep) and the launcher changes nothing; ``spin10k``: the same with a
-    short spin (``GOMP_SPINCOUNT=10000``) before sleeping."""
+    """``launcher``: ``nemo-rpo-train`` as shipped; any other policy: torch imported first, so the launcher
+    changes nothing and libgomp runs with the policy's environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(OMP_NUM_THREADS="2", **POLICIES[policy])
     args = [f"exp_dir={exp_dir}", f"trainer.max_steps={steps}", "logging.tensorboard=false",
             "logging.progress_bar=false", "checkpoint.save_interval=0"]  # fmt: skip
-    if policy == "passive":
+    if policy == "launcher":
         cmd = [sys.executable, "-m", "nemo_rpo.train", *args]
     else:
         launch = "import sys, runpy, torch; sys.argv = ['nemo_rpo.train', *sys.argv[1:]]; " \

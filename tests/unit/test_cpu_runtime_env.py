@@ -9,12 +9,13 @@ import pytest
 
 PROBE = (
     "import nemo_rpo.cli, os, torch; from nemo_rpo.distributed.determinism import _mkl_branch; "
-    "print(os.environ['OMP_WAIT_POLICY'], os.environ['MKL_CBWR'], _mkl_branch())"
+    "get = lambda k: os.environ.get(k, '-'); "
+    "print(get('OMP_WAIT_POLICY'), get('GOMP_SPINCOUNT'), get('MKL_CBWR'), _mkl_branch())"
 )
 
 
 def _probe(**env: str) -> list[str]:
-    keys = ("OMP_WAIT_POLICY", "MKL_DYNAMIC", "OMP_DYNAMIC", "MKL_CBWR")
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_DYNAMIC", "OMP_DYNAMIC", "MKL_CBWR")
     clean = {k: v for k, v in os.environ.items() if k not in keys}
     done = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
                           timeout=300, check=True)  # fmt: skip
@@ -22,13 +23,17 @@ def _probe(**env: str) -> list[str]:
 
 
 def test_defaults_reach_mkl() -> None:
-    policy, cbwr, branch = _probe()
+    policy, spin, cbwr, branch = _probe()
+    assert (policy, spin, cbwr) == ("PASSIVE", "1000", "AUTO")
     if branch == "None":
         pytest.skip("this torch build does not expose MKL's mkl_serv_cbwr_get")
-    assert (policy, cbwr, branch) == ("PASSIVE", "AUTO", "AUTO")
+    assert branch == "AUTO"
 
 
 def test_a_users_values_are_kept() -> None:
-    policy, cbwr, branch = _probe(OMP_WAIT_POLICY="ACTIVE", MKL_CBWR="COMPATIBLE")
-    assert (policy, cbwr) == ("ACTIVE", "COMPATIBLE")
+    policy, spin, cbwr, branch = _probe(OMP_WAIT_POLICY="ACTIVE", MKL_CBWR="COMPATIBLE")
+    # The waiting policy is one setting: a user's OMP_WAIT_POLICY gets no spin count beside it (in
+    # libgomp GOMP_SPINCOUNT would override ACTIVE's unbounded spin).
+    assert (policy, spin, cbwr) == ("ACTIVE", "-", "COMPATIBLE")
     assert branch in ("COMPATIBLE", "None")
+    assert _probe(GOMP_SPINCOUNT="30000")[:2] == ["-", "30000"]
