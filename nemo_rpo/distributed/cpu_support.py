@@ -28,6 +28,9 @@ module rewrites those assumptions at run time, in one place, and only when there
    ``torch.compile`` of a plain function defer its work, dynamo and inductor imports included, to the
    function's first call. Megatron decorates its fused kernels with ``torch.compile`` at import time,
    which costs ~3 s per process; a CPU run never calls those kernels.
+8. :func:`warm_mkl_vml` (``launch.configure_cpu`` and ``init_distributed`` call it) makes the first call
+   of each MKL vector math function on one thread: a first call from two threads at once sometimes
+   computed one thread's share inaccurately (issue 17's resume failure).
 
 None of this changes numerics; dropout masks come from the CPU generator, so they differ from a GPU run.
 :func:`install_cpu_support` is idempotent and does nothing at all when ``torch.cuda.is_available()``:
@@ -63,6 +66,7 @@ __all__ = [
     "prepare_megatron_import",
     "tune_glibc_malloc",
     "use_onednn",
+    "warm_mkl_vml",
 ]
 
 _INSTALLED = False
@@ -409,6 +413,43 @@ def fix_openmp_team_size() -> bool:
     if lib is None or not lib.omp_get_dynamic():
         return False
     lib.omp_set_dynamic(0)
+    return True
+
+
+# ATen's float kernels that call MKL's vector math library (VML) where torch is built with MKL
+# (``ATen/cpu/vml.h``, ``IMPLEMENT_VML_MKL``); ``erfinv`` is not a tensor method on every version.
+_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "exp", "log", "log10", "log2", "sin", "sqrt",
+            "tan", "tanh", "trunc")  # fmt: skip
+_VML_WARMED = False
+
+
+def warm_mkl_vml() -> bool:
+    """Call each of MKL's vector math functions that ATen uses once, on one thread; True the first time.
+
+    MKL initialises a VML function lazily at its first call, and that first call is not safe when two
+    threads make it at once: ATen splits a unary op over more than 2,048 elements between its threads,
+    and now and then one thread's share then comes out of a low-accuracy path (measured with torch
+    2.13.0's MKL 2024.2: the first ``torch.cos`` of a ``[72, 4, 1, 16]`` tensor, 2 threads, two busy
+    loops beside it, gave one thread's 2,304 elements with errors up to 1.5e-4 instead of 3.4e-8 in 4
+    of 100 fresh processes; ``benchmarks/vml_race.py``). In training that was RoPE's first ``cos`` of a
+    resumed process: issue 17's resume that differed in the last bit. Calling each function once
+    beforehand on a single thread leaves nothing to initialise concurrently (0 of 150). Call it before
+    the first parallel op, after anything that must precede MKL's first call (``MKL_CBWR``). Idempotent.
+    """
+    global _VML_WARMED
+    if _VML_WARMED:
+        return False
+    _VML_WARMED = True
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x = torch.linspace(0.1, 0.9, 64, dtype=dtype)
+            for op in _VML_OPS:
+                getattr(torch, op)(x)
+            torch.erfinv(x)
+    finally:
+        torch.set_num_threads(threads)
     return True
 
 

@@ -31,6 +31,7 @@ from nemo_rpo.distributed.cpu_support import (
     fix_openmp_team_size,
     install_cpu_support,
     tune_glibc_malloc,
+    warm_mkl_vml,
 )
 
 __all__ = ["ParallelInfo", "configure_cpu", "describe_layout", "init_distributed", "print_layout", "set_num_threads",
@@ -208,6 +209,8 @@ def configure_cpu(num_threads: int | None, keep_freed_memory: bool, deterministi
         print("OpenMP dynamic threads (OMP_DYNAMIC) were on: the team size followed the machine's load "
               f"average, and with it the numbers; turned off, {threads} thread{'s' if threads > 1 else ''}",
               flush=True)  # fmt: skip
+    # MKL's vector math functions initialised on one thread, before any op could race to do it
+    warm_mkl_vml()
     if keep_freed_memory and not torch.cuda.is_available():
         if not tune_glibc_malloc():
             logger.info("keep_freed_memory: not applied (no glibc, or a preloaded allocator)")
@@ -257,6 +260,7 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> ParallelInfo:
         device = torch.device("cuda", launch.local_rank)
     else:
         install_cpu_support()
+        warm_mkl_vml()  # no-op after configure_cpu; for the Python API, which does not call it
         device = torch.device("cpu")
 
     if not torch.distributed.is_initialized():
