@@ -9,7 +9,7 @@ calls MKL's ``vmsCos``), then the same ``cos`` again. A trial *differs* when the
 error of each against float64 says which one is wrong. Trials alternate between ``plain`` and ``warmed``
 (``cpu_support.warm_mkl_vml()`` first: each VML function called once on one thread, as every
 ``nemo-rpo-*`` run now does). ``--load N`` keeps N busy loops running beside the trials (the failure
-was seen on a busy machine). Prints one line per differing trial and the counts; exits 1 if a warmed
+was seen on a busy machine); ``--launcher-env`` gives the trials the CLIs' runtime environment. Prints one line per differing trial and the counts; exits 1 if a warmed
 trial differs.
 """
 
@@ -55,8 +55,14 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=100, help="trials per mode")
     parser.add_argument("--load", type=int, default=2, help="busy loops beside the trials")
     parser.add_argument("--json", help="write every trial's result here")
+    parser.add_argument("--launcher-env", action="store_true",
+                        help="the trials run with the CLIs' CPU_RUNTIME_ENV (MKL_CBWR=AUTO, OMP_WAIT_POLICY=...)")  # fmt: skip
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if args.launcher_env:
+        from nemo_rpo.cli import CPU_RUNTIME_ENV
+
+        env.update(CPU_RUNTIME_ENV)
     spinners = [multiprocessing.Process(target=_spin, args=(time.time() + 24 * 3600,), daemon=True)
                 for _ in range(args.load)]  # fmt: skip
     for p in spinners:
@@ -81,7 +87,9 @@ def main() -> int:
               "that differs from the second")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": _cpu(), "load": args.load, **results}, f, indent=1)
+            json.dump(
+                {"cpu": _cpu(), "load": args.load, "launcher_env": args.launcher_env, **results}, f, indent=1
+            )
     return 1 if any(r["differ"] for r in results["warmed"]) else 0
 
 

@@ -21,10 +21,9 @@ __all__ = ["CPU_RUNTIME_ENV"]
 # only PASSIVE. The two are one setting: where the environment has either, neither is set.
 # MKL_DYNAMIC / OMP_DYNAMIC=FALSE: a fixed thread count, MKL's documented condition for run-to-run
 # reproducible results. MKL_CBWR=AUTO: MKL's conditional numerical reproducibility on the branch it picks
-# for this CPU, which Intel documents as bitwise reproducible from run to run at a fixed thread count;
-# without it a resumed process once computed with MKL's AVX2 kernels on an AVX-512 CPU (the 1-in-22
-# exact-resume failure, docs/determinism.md). The same numbers as without it where MKL keeps its usual
-# kernels.
+# for this CPU, which Intel documents as bitwise reproducible from run to run at a fixed thread count.
+# The same numbers as without it where MKL keeps its usual kernels. It does not cover the race of MKL's
+# vector math functions at their first call (issue 17's resume failure): cpu_support.warm_mkl_vml does.
 CPU_RUNTIME_ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "GOMP_SPINCOUNT": "1000",
