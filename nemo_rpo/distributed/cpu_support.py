@@ -426,15 +426,16 @@ _VML_WARMED = False
 def warm_mkl_vml() -> bool:
     """Call each of MKL's vector math functions that ATen uses once, on one thread; True the first time.
 
-    MKL initialises a VML function lazily at its first call, and that first call is not safe when two
-    threads make it at once: ATen splits a unary op over more than 2,048 elements between its threads,
-    and now and then one thread's share then comes out of a low-accuracy path (measured with torch
+    A VML function's first call in a process is not safe when two threads make it at once (seen, not
+    read in MKL's code: presumably a lazy initialisation): ATen splits a unary op over more than 2,048
+    elements between its threads, and now and then one thread's share comes out inaccurate (torch
     2.13.0's MKL 2024.2: the first ``torch.cos`` of a ``[72, 4, 1, 16]`` tensor, 2 threads, two busy
-    loops beside it, gave one thread's 2,304 elements with errors up to 1.5e-4 instead of 3.4e-8 in 4
-    of 100 fresh processes; ``benchmarks/vml_race.py``). In training that was RoPE's first ``cos`` of a
+    loops beside it, gave one thread's 2,304 elements with errors up to 1.5e-4 instead of 3.4e-8 in 3
+    of 150 fresh processes, ``benchmarks/vml_race.py``). In training that was RoPE's first ``cos`` of a
     resumed process: issue 17's resume that differed in the last bit. Calling each function once
-    beforehand on a single thread leaves nothing to initialise concurrently (0 of 150). Call it before
-    the first parallel op, after anything that must precede MKL's first call (``MKL_CBWR``). Idempotent.
+    beforehand on one thread leaves nothing to initialise concurrently (0 of 150 in the same run). Call
+    it before the first parallel op, after anything that must precede MKL's first call (``MKL_CBWR``).
+    Idempotent.
     """
     global _VML_WARMED
     if _VML_WARMED:
