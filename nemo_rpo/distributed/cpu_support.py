@@ -417,9 +417,9 @@ def fix_openmp_team_size() -> bool:
 
 
 # ATen's float kernels that call MKL's vector math library (VML) where torch is built with MKL
-# (``ATen/cpu/vml.h``, ``IMPLEMENT_VML_MKL``); ``erfinv`` is not a tensor method on every version.
-_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "exp", "log", "log10", "log2", "sin", "sqrt",
-            "tan", "tanh", "trunc")  # fmt: skip
+# (``ATen/cpu/vml.h``, ``IMPLEMENT_VML_MKL``).
+_VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin",
+            "sqrt", "tan", "tanh", "trunc")  # fmt: skip
 _VML_WARMED = False
 
 
@@ -448,7 +448,6 @@ def warm_mkl_vml() -> bool:
             x = torch.linspace(0.1, 0.9, 64, dtype=dtype)
             for op in _VML_OPS:
                 getattr(torch, op)(x)
-            torch.erfinv(x)
     finally:
         torch.set_num_threads(threads)
     return True

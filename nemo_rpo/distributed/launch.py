@@ -188,7 +188,8 @@ def configure_cpu(num_threads: int | None, keep_freed_memory: bool, deterministi
     ``deterministic`` (``trainer.deterministic``): CPU-independent kernels and a fixed thread count
     (:func:`~nemo_rpo.distributed.determinism.apply_deterministic`), stated in one line on rank 0.
     OpenMP's dynamic team sizing is always turned off (:func:`~nemo_rpo.distributed.cpu_support.
-    fix_openmp_team_size`), with one line on rank 0 when it was on.
+    fix_openmp_team_size`), with one line on rank 0 when it was on, and MKL's vector math functions are
+    first called on one thread (:func:`~nemo_rpo.distributed.cpu_support.warm_mkl_vml`).
 
     Returns:
         The number of threads torch will use.
