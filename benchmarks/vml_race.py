@@ -23,6 +23,10 @@ import subprocess
 import sys
 import time
 
+from contention import _spin  # the busy loop of benchmarks/contention.py
+
+from nemo_rpo.distributed.determinism import _cpu_model
+
 CHILD = r"""
 import json, sys, torch
 from nemo_rpo.distributed.cpu_support import warm_mkl_vml
@@ -40,12 +44,6 @@ print(json.dumps({"differ": int(bad.sum()),
                   "first_err": (first.double() - exact).abs().max().item(),
                   "second_err": (second.double() - exact).abs().max().item()}))
 """
-
-
-def _spin(end: float) -> None:
-    x = 0
-    while time.time() < end:
-        x += 1
 
 
 def main() -> int:
@@ -88,17 +86,11 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"cpu": _cpu(), "load": args.load, "launcher_env": args.launcher_env, **results}, f, indent=1
+                {"cpu": _cpu_model(), "load": args.load, "launcher_env": args.launcher_env, **results},
+                f,
+                indent=1,
             )
     return 1 if any(r["differ"] for r in results["warmed"]) else 0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 if __name__ == "__main__":
