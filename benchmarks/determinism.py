@@ -1,6 +1,7 @@
 """How much the CPU decides a run's numbers, and what ``trainer.deterministic=true`` changes (docs/determinism.md).
 
     python benchmarks/determinism.py check     # this CPU vs the stored reference (exit 1 if any bit differs)
+    python benchmarks/determinism.py check --long   # also 120 steps of each mode vs the recording CPU's isa run
     python benchmarks/determinism.py record    # rewrite the reference (after a change that moves the numbers)
     python benchmarks/determinism.py isa       # this machine posing as other CPUs, default vs deterministic
     python benchmarks/determinism.py cost      # step time, default vs deterministic, alternating rounds
@@ -35,6 +36,8 @@ REFERENCE = ROOT / "tests" / "fixtures" / "deterministic_reference.json"
 COMPARED = ("loss", "grad_norm", "accuracy", "reward_correlation", "implicit_reward_best", "implicit_reward_worst",
             "implicit_margin", "skipped_steps")  # fmt: skip
 REFERENCE_ARGS = ["trainer.deterministic=true", "trainer.max_steps=8"]
+# The recording CPU's ``isa`` run: its native step-120 loss of each mode, full precision (``check --long``).
+ISA_RESULTS = ROOT / "benchmarks" / "results" / "2026-12-06-determinism-isa.json"
 
 _NO_AVX512 = "glibc.cpu.hwcaps=-AVX512F,-AVX512CD,-AVX512DQ,-AVX512BW,-AVX512VL"
 # Environments under which this machine's libraries take the code paths of another CPU.
@@ -100,7 +103,7 @@ def cmd_record(_: argparse.Namespace) -> None:
     )
 
 
-def cmd_check(_: argparse.Namespace) -> None:
+def cmd_check(args: argparse.Namespace) -> None:
     ref = json.loads(REFERENCE.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         rows, stdout = train(REFERENCE_ARGS, {}, Path(tmp) / "run")
@@ -111,7 +114,18 @@ def cmd_check(_: argparse.Namespace) -> None:
         mark = "same" if all(x[k] == y[k] for k in COMPARED) else "DIFFERS"
         print(f"step {x['step']}: loss {y['loss']!r} (reference {x['loss']!r}) {mark}")
     print("bitwise identical to the reference" if result["bitwise"] else f"DIFFERENT: {result}")
-    sys.exit(0 if result["bitwise"] else 1)
+    ok = result["bitwise"]
+    if args.long:  # the deterministic mode must match; the default mode is reported (it may differ by CPU)
+        isa = json.loads(ISA_RESULTS.read_text())
+        for mode, extra in (("default", []), ("deterministic", ["trainer.deterministic=true"])):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows, _ = train([*extra, f"trainer.max_steps={isa['steps']}"], {}, Path(tmp) / "run")
+            theirs = isa["modes"][mode]["native"]["last_loss"]
+            same = rows[-1]["loss"] == theirs
+            ok = ok and (same or mode == "default")
+            print(f"{mode}, {isa['steps']} steps: loss {rows[-1]['loss']!r} ({isa['cpu']}: {theirs!r}) "
+                  f"{'same' if same else 'differs'}")  # fmt: skip
+    sys.exit(0 if ok else 1)
 
 
 def cmd_isa(args: argparse.Namespace) -> None:
@@ -174,7 +188,10 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("record").set_defaults(fn=cmd_record)
-    sub.add_parser("check").set_defaults(fn=cmd_check)
+    check = sub.add_parser("check")
+    check.add_argument("--long", action="store_true",
+                       help="also the 120-step default and deterministic runs vs the recording CPU's isa run")  # fmt: skip
+    check.set_defaults(fn=cmd_check)
     isa = sub.add_parser("isa")
     isa.add_argument("--steps", type=int, default=120)
     isa.add_argument("--threads", type=int, default=1)
