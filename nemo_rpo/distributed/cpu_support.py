@@ -66,6 +66,8 @@ __all__ = [
     "prepare_megatron_import",
     "tune_glibc_malloc",
     "use_onednn",
+    "packed_fp32_decoding",
+    "cpu_vendor",
     "warm_mkl_vml",
 ]
 
@@ -467,6 +469,29 @@ def _torch_libgomp():  # noqa: ANN202 - a ctypes handle
         if hasattr(lib, "omp_get_dynamic") and hasattr(lib, "omp_set_dynamic"):
             return lib
     return None
+
+
+def cpu_vendor() -> str:
+    """``/proc/cpuinfo``'s ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); ``""`` where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def packed_fp32_decoding() -> bool:
+    """Whether the one-token decoding step (``CachedDecoder``) multiplies fp32 by oneDNN-packed weight copies
+    instead of MKL on ``[in, out]`` copies: where oneDNN is on (not ``trainer.deterministic``) and the CPU
+    is not Intel's. At 32 rows MKL's fp32 GEMM streams the weights at half oneDNN's packed rate on an AMD
+    EPYC (Zen 3: SmolLM2-135M's 30 layers 103 vs 59 ms, its LM head 27 vs 14 ms), while on the Intel
+    Xeon of the measurements the ``[in, out]`` copies were already near the packed rate (benchmarks/
+    README.md, sampling, sessions 18-19). Results differ from MKL's within fp32 rounding (another
+    summation order)."""
+    return _ONEDNN and cpu_vendor() not in ("", "GenuineIntel")
 
 
 def cpu_has_bf16_matmul() -> bool:

@@ -22,7 +22,7 @@ activation: :meth:`_LeanLayer.applies`) a one-token step runs as plain tensor op
 (:meth:`CachedDecoder._lean_step`): no megatron module machinery per layer, residual adds fused into
 the products, and on the CPU the weights as copies made once per call: contiguous ``[in, out]`` in
 fp32, which MKL multiplies faster at decode shapes than megatron's ``[out, in]`` layout, and oneDNN's
-packed layout in bf16. On SmolLM2-135M (one
+packed layout in bf16 and, on CPUs other than Intel's, in fp32 (the LM head's too). On SmolLM2-135M (one
 thread, 32 rows, position ~100) a step went from 178 to 126 ms; the per-op profile is in
 benchmarks/README.md (sampling). Anything else steps through the modules as before.
 
@@ -135,16 +135,22 @@ def _mlp_activation(mlp: torch.nn.Module) -> str | None:
     return "plain"
 
 
+def _packed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W^T + bias`` for a weight in oneDNN's packed layout (``torch.ops.mkldnn._reorder_linear_weight``)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 class _LeanLayer:
     """One layer's weights as :meth:`CachedDecoder.step` reads them: the products' operands and biases.
 
     On the CPU the four products' weights are copies made once per :class:`CachedDecoder`. fp32:
     transposed, ``[in, out]`` contiguous: MKL's fp32 GEMM at the decode shapes (``[N, 576] x [576, 3072]``
     with N = 32 rows) runs 1.2-1.4x faster on it than on the transposed view of megatron's ``[out, in]``
-    weight. bf16: oneDNN's packed (blocked) layout for N rows (``packed``), which its bf16 products at
-    these shapes take 1.4-1.5x faster than either plain layout, with no reordering per call
-    (benchmarks/README.md, sampling). Same products, fp32 accumulation. Elsewhere (GPU) the operands are
-    views of the weights, no copy.
+    weight (Intel Xeon); on other CPUs (:func:`~nemo_rpo.distributed.cpu_support.packed_fp32_decoding`)
+    oneDNN's packed layout instead, ~1.75x faster than MKL there. bf16: oneDNN's packed (blocked) layout
+    for N rows (``packed``), which its bf16 products at these shapes take 1.4-1.5x faster than either
+    plain layout, with no reordering per call (benchmarks/README.md, sampling). Same products, fp32
+    accumulation. Elsewhere (GPU) the operands are views of the weights, no copy.
     """
 
     def __init__(self, layer: torch.nn.Module, copy: bool, packed: bool, rows: int) -> None:
@@ -169,7 +175,7 @@ class _LeanLayer:
     def product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ W + bias`` for one of this layer's operands."""
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+            return _packed_product(x, weight, bias)
         return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
 
     def residual_product(
@@ -239,11 +245,13 @@ class CachedDecoder:
         self.lean = None
         if all(_LeanLayer.applies(layer) for layer in self.layers):
             copy = on_cpu and self.transpose_weights
-            packed = (  # bf16 products on oneDNN's packed operands (see _LeanLayer)
-                copy
-                and self.dtype == torch.bfloat16
-                and torch.backends.mkldnn.is_available()
-                and cpu_support.cpu_has_bf16_matmul()
+            packed = copy and (  # products on oneDNN's packed operands (see _LeanLayer)
+                (self.dtype == torch.float32 and cpu_support.packed_fp32_decoding())
+                or (
+                    self.dtype == torch.bfloat16
+                    and torch.backends.mkldnn.is_available()
+                    and cpu_support.cpu_has_bf16_matmul()
+                )
             )
             self.lean = [_LeanLayer(layer, copy=copy, packed=packed, rows=rows) for layer in self.layers]
             rot = freqs.shape[-1]
@@ -264,6 +272,9 @@ class CachedDecoder:
         ):
             self.head = head.detach().t()
             self.head_product = cpu_support._product if on_cpu else torch.matmul
+            if self.lean is not None and self.lean[0].packed and self.dtype == torch.float32:
+                self.head = torch.ops.mkldnn._reorder_linear_weight(head.detach(), rows)  # packed [V, h]
+                self.head_product = _packed_product
 
     def _split_qkv(self, hidden: torch.Tensor, attn: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         """``[s, b, h]`` -> q ``[s, b, heads, d]``, k and v ``[s, b, groups, d]`` (megatron's QKV layout)."""

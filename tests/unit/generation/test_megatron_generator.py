@@ -203,20 +203,28 @@ def test_cached_decoder_matches_megatron_inference(policy) -> None:  # noqa: ANN
     torch.testing.assert_close(fast.logps, megatron.logps, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("transpose_weights", [True, False], ids=["weight-copies", "weight-views"])
-def test_lean_step_matches_the_module_step(policy, transpose_weights: bool) -> None:  # noqa: ANN001
-    """The lean one-token step (plain tensor ops, [in, out] weight copies on the CPU) == the step through
-    megatron's modules: logits and every layer's cached keys/values within 1e-5; the weights untouched."""
+@pytest.mark.parametrize("layout", ["weight-copies", "weight-views", "packed-fp32"])
+def test_lean_step_matches_the_module_step(policy, layout: str) -> None:  # noqa: ANN001
+    """The lean one-token step (plain tensor ops; on the CPU [in, out] weight copies, or oneDNN-packed
+    copies where ``packed_fp32_decoding``) == the step through megatron's modules: logits and every
+    layer's cached keys/values within 1e-5; the weights untouched."""
+    from nemo_rpo.generation import cached_decoder
     from nemo_rpo.generation.cached_decoder import CachedDecoder
 
+    if layout == "packed-fp32" and not cpu_support._onednn_available():
+        pytest.skip("torch without oneDNN")
     prompts = torch.tensor([p[:3] for p in PROMPTS])
     policy.eval()
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CachedDecoder, "transpose_weights", transpose_weights)
+        mp.setattr(CachedDecoder, "transpose_weights", layout != "weight-views")
+        mp.setattr(cpu_support, "packed_fp32_decoding", lambda: layout == "packed-fp32")
         lean, modules = CachedDecoder(policy, 6, 12), CachedDecoder(policy, 6, 12)
         modules.lean = modules.head = None  # every layer and the output layer through their modules
         assert lean.lean is not None and lean.head is not None  # the tests above run the lean step
+        assert all(layer.packed == (layout == "packed-fp32") for layer in lean.lean)
+        packed_head = lean.head_product is cached_decoder._packed_product  # oneDNN's copy of [V, h]
+        assert packed_head == (layout == "packed-fp32")
         torch.testing.assert_close(lean.prefill(prompts, 2), modules.prefill(prompts, 2), atol=ATOL, rtol=0)
         for t in range(4):
             ids = torch.arange(6) * 7 + t
