@@ -471,26 +471,31 @@ def _torch_libgomp():  # noqa: ANN202 - a ctypes handle
     return None
 
 
-def cpu_vendor() -> str:
-    """``/proc/cpuinfo``'s ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); ``""`` where unknown."""
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line's value in ``/proc/cpuinfo``; ``""`` where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
 
 
+def cpu_vendor() -> str:
+    """``/proc/cpuinfo``'s ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); ``""`` where unknown."""
+    return _cpuinfo("vendor_id")
+
+
 def packed_fp32_decoding() -> bool:
     """Whether the one-token decoding step (``CachedDecoder``) multiplies fp32 by oneDNN-packed weight copies
     instead of MKL on ``[in, out]`` copies: where oneDNN is on (not ``trainer.deterministic``) and the CPU
-    is not Intel's. At 32 rows MKL's fp32 GEMM streams the weights at half oneDNN's packed rate on an AMD
-    EPYC (Zen 3: SmolLM2-135M's 30 layers 103 vs 59 ms, its LM head 27 vs 14 ms), while on the Intel
-    Xeon of the measurements the ``[in, out]`` copies were already near the packed rate (benchmarks/
-    README.md, sampling, sessions 18-19). Results differ from MKL's within fp32 rounding (another
-    summation order)."""
+    is not Intel's. At 32 rows MKL's fp32 GEMM streams the weights at about half oneDNN's packed rate on
+    an AMD EPYC (Zen 3: SmolLM2-135M's 30 layers 103 vs 59 ms, its LM head 27 vs 14 ms); on the Intel
+    Xeon of the measurements packing took 1.12-1.15x off ``[out, in]`` products, and the ``[in, out]``
+    copies in use were not compared with it in one run (benchmarks/README.md, sampling, sessions 18-19).
+    Results differ from MKL's within fp32 rounding (another summation order)."""
     return _ONEDNN and cpu_vendor() not in ("", "GenuineIntel")
 
 
@@ -500,15 +505,7 @@ def cpu_has_bf16_matmul() -> bool:
     Elsewhere torch still runs bf16 products, converting to fp32 inside every kernel: slower than fp32.
     Not on Linux (no ``/proc/cpuinfo``): ``False``.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpuinfo("flags").split()))
 
 
 @contextlib.contextmanager
