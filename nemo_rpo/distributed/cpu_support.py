@@ -499,6 +499,15 @@ def packed_fp32_decoding() -> bool:
     return _ONEDNN and cpu_vendor() not in ("", "GenuineIntel")
 
 
+def packed_decoding(dtype: torch.dtype) -> bool:
+    """Whether ``CachedDecoder``'s one-token step multiplies by oneDNN-packed weight copies in ``dtype``:
+    fp32 where :func:`packed_fp32_decoding`, bf16 where the CPU has bf16 products; never with oneDNN off
+    (``trainer.deterministic``), whose products must not depend on the CPU's oneDNN kernels."""
+    if dtype == torch.float32:
+        return packed_fp32_decoding()
+    return dtype == torch.bfloat16 and _ONEDNN and cpu_has_bf16_matmul()
+
+
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX-BF16, from ``/proc/cpuinfo``).
 

@@ -245,14 +245,7 @@ class CachedDecoder:
         self.lean = None
         if all(_LeanLayer.applies(layer) for layer in self.layers):
             copy = on_cpu and self.transpose_weights
-            packed = copy and (  # products on oneDNN's packed operands (see _LeanLayer)
-                (self.dtype == torch.float32 and cpu_support.packed_fp32_decoding())
-                or (
-                    self.dtype == torch.bfloat16
-                    and torch.backends.mkldnn.is_available()
-                    and cpu_support.cpu_has_bf16_matmul()
-                )
-            )
+            packed = copy and cpu_support.packed_decoding(self.dtype)  # oneDNN's packed operands (_LeanLayer)
             self.lean = [_LeanLayer(layer, copy=copy, packed=packed, rows=rows) for layer in self.layers]
             rot = freqs.shape[-1]
             # rotate()'s tables, (cos(freqs) * 1.0).to(dtype), for all positions at once: [max_len, rot]

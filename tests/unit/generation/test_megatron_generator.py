@@ -236,6 +236,33 @@ def test_lean_step_matches_the_module_step(policy, layout: str) -> None:  # noqa
         assert torch.equal(p, before[name]), name
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_packed_decoding_follows_the_onednn_switch(policy, onednn: bool) -> None:  # noqa: ANN001
+    """``trainer.deterministic`` turns oneDNN off (``use_onednn(False)``): then no decoding step packs its
+    weights, in fp32 or bf16, even on a CPU with bf16 products or of another vendor than Intel."""
+    from nemo_rpo.generation.cached_decoder import CachedDecoder
+
+    if onednn and not cpu_support._onednn_available():
+        pytest.skip("torch without oneDNN")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu_support, "_ONEDNN", onednn)
+        mp.setattr(cpu_support, "cpu_has_bf16_matmul", lambda: True)
+        mp.setattr(cpu_support, "cpu_vendor", lambda: "AuthenticAMD")
+        assert cpu_support.packed_decoding(torch.float32) == onednn
+        assert cpu_support.packed_decoding(torch.bfloat16) == onednn
+        assert not cpu_support.packed_decoding(torch.float16)
+        if not onednn:  # the decoder itself, bf16 (packing would run oneDNN's bf16 kernels)
+            tensors = [*policy.parameters(), *policy.buffers()]
+            fp32 = [t.data for t in tensors]
+            try:
+                with torch.no_grad():
+                    lean = CachedDecoder(policy.eval().bfloat16(), 6, 12)
+                assert lean.lean is not None and not any(layer.packed for layer in lean.lean)
+            finally:
+                for t, data in zip(tensors, fp32, strict=True):
+                    t.data = data
+
+
 @pytest.mark.skipif(
     not cpu_support.cpu_has_bf16_matmul(), reason="packed bf16 operands need AVX-512-BF16/AMX"
 )
