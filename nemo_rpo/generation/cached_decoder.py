@@ -36,6 +36,8 @@ embedding, plain self-attention, dense MLP); :func:`unsupported` names anything 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -133,6 +135,19 @@ def _mlp_activation(mlp: torch.nn.Module) -> str | None:
     if c.gated_linear_unit:
         return "swiglu" if mlp.activation_func is F.silu else None
     return "plain"
+
+
+def _decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, attn_mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """SDPA for a few queries per (row, group) ``q [N, g, p, d]`` over cached ``keys``/``values``
+    ``[N, g, L, d]``, as two batched products and a softmax: ATen's CPU SDPA costs 0.47-1.05 ms per call
+    for SmolLM2-135M's 32 x 3 x 3 queries over 64-192 keys, this 0.25-0.83 ms (AMD EPYC, 2 threads;
+    ``/tmp``-style microbenchmark, session 20). ``attn_mask``: additive ``[N, 1, 1, L]`` or ``None``."""
+    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale)
+    if attn_mask is not None:
+        scores.add_(attn_mask)
+    return torch.matmul(torch.softmax(scores, dim=-1), values)
 
 
 def _packed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -402,6 +417,13 @@ class CachedDecoder:
         if self.pads is not None:  # [N, rot] -> [N, 1, 1, rot]: each row at its own position
             cos, sin = cos[:, None, None], sin[:, None, None]
         mask = None if self.key_mask is None else self.key_mask[..., : pos + 1]
+        attention = F.scaled_dot_product_attention
+        if self.device.type == "cpu" and self.dtype == torch.float32:  # 1.3-1.9x faster than SDPA here
+            attention = _decode_attention
+            if mask is not None:  # [N, 1, 1, pos + 1] additive: 0 for a key to attend to, -inf for a pad
+                mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+                    ~mask, -math.inf
+                )
         rot = cos.shape[-1]
         qk = self.rotated  # [N, groups, per_group + 1, d]: the group's query heads, then its key
         for lean, keys, values in zip(self.lean, self.keys, self.values):
@@ -413,9 +435,8 @@ class CachedDecoder:
             keys[:, :, pos] = qk[:, :, per_group]
             values[:, :, pos] = mixed[:, :, per_group + 1]
             # The group's query heads are the query "sequence" of its keys: no repeated keys for GQA.
-            context = F.scaled_dot_product_attention(qk[:, :, :per_group], keys[:, :, : pos + 1],
-                                                     values[:, :, : pos + 1], attn_mask=mask,
-                                                     scale=lean.scale)  # fmt: skip
+            context = attention(qk[:, :, :per_group], keys[:, :, : pos + 1], values[:, :, : pos + 1],
+                                attn_mask=mask, scale=lean.scale)  # fmt: skip
             context = context.reshape(n, self.heads * d)
             hidden = lean.residual_product(hidden, context, lean.proj, lean.proj_bias)
             x = lean.product(lean.mlp_norm(hidden), lean.fc1, lean.fc1_bias)
