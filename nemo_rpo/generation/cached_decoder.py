@@ -159,7 +159,9 @@ def _decode_attention(
     ``[N, g, L, d]``, as two batched products and a softmax: ATen's CPU SDPA costs 0.47-1.05 ms per call
     for SmolLM2-135M's 32 x 3 x 3 queries over 64-192 keys, this 0.25-0.83 ms (AMD EPYC, 2 threads;
     ``/tmp``-style microbenchmark, session 20). ``attn_mask``: additive ``[N, 1, 1, L]`` or ``None``."""
-    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale)
+    scores = torch.matmul(q, keys.transpose(-1, -2))
+    if scale != 1.0:
+        scores.mul_(scale)
     if attn_mask is not None:
         scores.add_(attn_mask)
     return torch.matmul(torch.softmax(scores, dim=-1), values)
@@ -443,6 +445,12 @@ class CachedDecoder:
                     ~mask, -math.inf
                 )
         rot = cos.shape[-1]
+        scales = {lean.scale for lean in self.lean}
+        fold = attention is _decode_attention and rot == d and len(scales) == 1
+        if fold:  # the softmax scale goes into the queries' rotation tables: one product less per layer
+            by_head = torch.ones(per_group + 1, 1, dtype=self.dtype, device=self.device)
+            by_head[:per_group] = scales.pop()  # [per_group + 1, 1]: the queries scaled, the key not
+            cos, sin = cos * by_head, sin * by_head  # [(N, 1,) per_group + 1, rot]
         qk = self.rotated  # [N, groups, per_group + 1, d]: the group's query heads, then its key
         for lean, keys, values in zip(self.lean, self.keys, self.values):
             mixed = lean.product(lean.input_norm(hidden), lean.qkv, lean.qkv_bias)
@@ -454,7 +462,7 @@ class CachedDecoder:
             values[:, :, pos] = mixed[:, :, per_group + 1]
             # The group's query heads are the query "sequence" of its keys: no repeated keys for GQA.
             context = attention(qk[:, :, :per_group], keys[:, :, : pos + 1], values[:, :, : pos + 1],
-                                attn_mask=mask, scale=lean.scale)  # fmt: skip
+                                attn_mask=mask, scale=1.0 if fold else lean.scale)  # fmt: skip
             context = context.reshape(n, self.heads * d)
             hidden = lean.residual_product(hidden, context, lean.proj, lean.proj_bias)
             x = lean.product(lean.mlp_norm(hidden), lean.fc1, lean.fc1_bias)
