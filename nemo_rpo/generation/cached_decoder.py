@@ -424,12 +424,13 @@ class CachedDecoder:
 
     def _lean_step(self, hidden: torch.Tensor, pos: int) -> torch.Tensor:
         """:meth:`step`'s layers as plain tensor operations on ``hidden`` ``[N, h]`` (every layer
-        :meth:`_LeanLayer.applies`): the same operations as the modules' forwards (norm modules, fused
-        QKV, RoPE by :func:`~nemo_rpo.models.rope._rotate_halves`, SDPA, output projection, MLP,
-        residual adds), without megatron's per-module Python (tensor-parallel region functions, autograd
-        Functions, bias/dropout/add closures), each residual add fused into its product (``addmm``),
-        the queries and the new key rotated in one pass, the key and value written into the cache in
-        place."""
+        :meth:`_LeanLayer.applies`): the same operations as the modules' forwards (norms as functional
+        calls, fused QKV, RoPE by :func:`~nemo_rpo.models.rope._rotate_halves`, attention (SDPA; fp32 on
+        the CPU :func:`_decode_attention`, the softmax scale folded into the queries' rotation), output
+        projection, MLP, residual adds), without megatron's per-module Python (tensor-parallel region
+        functions, autograd Functions, bias/dropout/add closures), each residual add fused into its
+        product (``addmm``, or oneDNN's ``binary`` add), the queries and the new key rotated in one pass,
+        the key and value written into the cache in place."""
         n, groups, d = self.rows, self.groups, self.head_dim
         per_group = self.heads // groups
         positions = self._positions(pos)
