@@ -3,7 +3,8 @@
 Whole ``generate`` calls on a shared VM swing by 10-20% from call to call, more than a change to the
 one-token step is worth, so this times the step itself: both revisions' ``CachedDecoder`` built on the
 same SmolLM2-135M-Instruct model (``bench_sampling.py``'s real weights, fp32), the same 8 x 4 rows
-prefilled with the same 40-token prompts, then ``_lean_step`` at cache column ``--pos`` timed
+prefilled with the same ``--prompt-len``-token prompts (once per prompt, ``repeats`` 4) and stepped to
+cache column ``--pos`` (every column before it written), then ``_lean_step`` at that column timed
 ``--steps`` times per variant per round, the two variants alternating their order from round to round.
 It also checks that one step's logits agree between the revisions (bitwise or not).
 
@@ -47,6 +48,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
+    parser.add_argument("--prompt-len", type=int, default=40, help="tokens per prompt (8 prompts)")
     parser.add_argument("--pos", type=int, default=100, help="the cache column the timed steps attend up to")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="runs/bench_sampling")
@@ -61,13 +63,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, _ = bench_sampling.build_megatron(bench_sampling.prepare(Path(args.work)))
     model.eval()
-    rows, prompts = 8 * 4, torch.randint(0, 1000, (8, 40), generator=torch.Generator().manual_seed(0))
+    if args.pos <= args.prompt_len:
+        parser.error("--pos must be past the prompt (--prompt-len)")
+    generator = torch.Generator().manual_seed(0)
+    rows, prompts = 8 * 4, torch.randint(0, 1000, (8, args.prompt_len), generator=generator)
     variants = {args.rev: load_revision(args.rev), "this checkout": cached_decoder}
     with torch.no_grad():
         decoders = {}
         for name, module in variants.items():
-            decoders[name] = module.CachedDecoder(model, rows, max(args.pos + 2, 48))
+            decoders[name] = module.CachedDecoder(model, rows, args.pos + 2)
             decoders[name].prefill(prompts, 4)
+        for _ in range(args.prompt_len, args.pos):  # columns prompt_len .. pos - 1, the same tokens for both
+            ids = torch.randint(0, 1000, (rows,), generator=generator)
+            a, b = (decoder.step(ids) for decoder in decoders.values())
+        print(
+            f"logits at column {args.pos - 1}: bitwise equal {torch.equal(a, b)}, max |difference| "
+            f"{(a - b).abs().max().item():.3g}"
+        )
         ids = torch.arange(rows) * 7
         a, b = (decoder.step(ids) for decoder in decoders.values())
         print(

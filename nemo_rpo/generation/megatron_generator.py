@@ -15,8 +15,8 @@ Any other layout uses megatron's ``StaticInferenceContext`` passed as ``inferenc
 position ids here, and megatron returns only the last position's logits, gathered over TP. That path
 has no attention mask, so it starts at the shortest prompt and, while a row is still inside its prompt,
 writes its prompt token instead of the sampled one: ``max_prompt - min_prompt`` extra one-token steps.
-With ``shared_prefill`` (the default) the prefill runs once per prompt and its cache is copied to the
-prompt's K rows. ``use_kv_cache=False`` re-runs the whole prefix at every step, column by column (tests
+With ``shared_prefill`` (the default) the prefill runs once per prompt and its cache serves the prompt's
+K rows (kept once where the cached decoder attends by products, else copied to each row). ``use_kv_cache=False`` re-runs the whole prefix at every step, column by column (tests
 compare the three) and gathers the vocab-parallel logits of the last position only.
 
 Parallelism. Pipeline stages pass the step's hidden states ``[s, N, h]`` with point-to-point
@@ -103,8 +103,10 @@ def generate(
         vocab_size: the tokenizer's vocabulary; the model's padding rows are never sampled.
         generator: CPU generator for the draws (see
             :func:`~nemo_rpo.generation.sampling.sampling_generator`); ignored and optional when greedy.
-        shared_prefill: with the KV cache, run each prompt's prefill once and copy its cache to its K
-            rows (the same numbers as one prefill per row, K times fewer prefill FLOPs).
+        shared_prefill: with the KV cache, run each prompt's prefill once for its K rows (the same
+            numbers as one prefill per row, K times fewer prefill FLOPs); the cached decoder then keeps
+            the prompt's keys and values once where it attends by products (fp32 on the CPU), else
+            copies them to the K rows.
         cached_decoder: with the KV cache, use :class:`~nemo_rpo.generation.cached_decoder.CachedDecoder`
             where it applies (TP = PP = 1, plain self-attention; megatron's inference path otherwise).
 

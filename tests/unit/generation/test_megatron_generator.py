@@ -229,11 +229,40 @@ def test_lean_step_matches_the_module_step(policy, layout: str) -> None:  # noqa
         for t in range(4):
             ids = torch.arange(6) * 7 + t
             torch.testing.assert_close(lean.step(ids), modules.step(ids), atol=ATOL, rtol=0)
-        n = lean.length
-        for a, b in zip(lean.keys + lean.values, modules.keys + modules.values, strict=True):
-            torch.testing.assert_close(a[:, :, :n], b[:, :, :n], atol=ATOL, rtol=0)
+        assert lean.prompt_keys is not None and modules.prompt_keys is None  # each prompt's cache once
+        for a, b in zip(lean.cached_kv(), modules.cached_kv(), strict=True):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     for name, p in policy.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("scale", ["folded", "in-attention"])
+def test_prompt_shared_cache_matches_a_cache_per_row(policy, scale: str) -> None:  # noqa: ANN001
+    """K samples of left-padded prompts: keeping each prompt's keys and values once for its K rows
+    (``_prompt_shared_attention``) == a cache row per sample stepped through megatron's modules: logits of
+    the prefill and of four steps, and what every row attends to, within 1e-5; the softmax scale folded
+    into the queries or applied to the scores alike."""
+    from nemo_rpo.generation.cached_decoder import CachedDecoder
+
+    width, pads = 5, torch.tensor([2, 0, 3])
+    prompts = torch.tensor([[257] * int(n) + p[1 : 1 + width - int(n)] for p, n in zip(PROMPTS, pads)])
+    policy.eval()
+    with torch.no_grad():
+        shared, per_row = CachedDecoder(policy, 6, 12), CachedDecoder(policy, 6, 12)
+        per_row.lean = per_row.head = None  # every layer and the output layer through their modules
+        if scale == "in-attention":
+            shared.by_head = None
+        torch.testing.assert_close(shared.prefill(prompts, 2, pads),
+                                   per_row.prefill(prompts.repeat_interleave(2, 0), 1, pads.repeat_interleave(2)),
+                                   atol=ATOL, rtol=0)  # fmt: skip
+        assert shared.prompt_keys is not None and shared.prompt_keys[0].shape[1] == 3  # once per prompt
+        assert per_row.prompt_keys is None and shared.key_mask is None
+        for t in range(4):
+            ids = torch.arange(6) * 5 + t
+            torch.testing.assert_close(shared.step(ids), per_row.step(ids), atol=ATOL, rtol=0)
+        for a, b in zip(shared.cached_kv(), per_row.cached_kv(), strict=True):
+            assert a[0].shape == (6, shared.groups, width + 4, shared.head_dim)
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("onednn", [True, False])
