@@ -303,8 +303,8 @@ class CachedDecoder:
         freqs = model.rotary_pos_emb(max_len)
         self.freqs = freqs
         # The cache, allocated by prefill: per layer, keys and values [N, groups, max_len, d]; or, where
-        # prefill shares the prompts' (prompt_keys), [groups, B, P, d] for the P prompt columns once per
-        # prompt and [groups, N, max_len - P, d] for the rows' own columns from ``offset`` = P on.
+        # prefill keeps each prompt's once for its K rows, prompt_keys/prompt_values [groups, B, P, d] (the
+        # P prompt columns) and keys/values [groups, N, max_len - P, d] (the rows' own, from offset = P on).
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.prompt_keys: list[torch.Tensor] | None = None
