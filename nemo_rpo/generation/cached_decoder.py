@@ -528,7 +528,8 @@ class CachedDecoder:
         projection, MLP, residual adds), without megatron's per-module Python (tensor-parallel region
         functions, autograd Functions, bias/dropout/add closures), each residual add fused into its
         product (``addmm``, or oneDNN's ``binary`` add), the queries and the new key rotated in one pass,
-        the key and value written into the cache in place."""
+        the key and value written into the cache in place; where prefill kept each prompt's keys and
+        values once for its K rows, the attention is :func:`_prompt_shared_attention`."""
         n, groups, d = self.rows, self.groups, self.head_dim
         per_group = self.heads // groups
         positions = self._positions(pos)
